@@ -1,0 +1,279 @@
+"""X.509 certificates of the AMD SEV-SNP profile, parsed with BlindBox's own DER reader.
+
+AMD's VCEK and VLEK have serial number 0 and no key identifiers, which general
+X.509 libraries reject or deprecate. :class:`AmdCertificate` reads exactly the
+fields the chain walk needs, keeps the signed TBS bytes verbatim, and checks
+RSASSA-PSS signatures with the parameters AMD uses (SHA-384, MGF1-SHA-384,
+salt 48) and no others.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from blindbox.errors import NotAnEnclaveError
+from blindbox.snp import der
+
+OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
+OID_MGF1 = "1.2.840.113549.1.1.8"
+OID_SHA384 = "2.16.840.1.101.3.4.2.2"
+OID_COMMON_NAME = "2.5.4.3"
+OID_BASIC_CONSTRAINTS = "2.5.29.19"
+OID_KEY_USAGE = "2.5.29.15"
+PSS_SALT_LENGTH = 48
+MAX_CERTIFICATE_SIZE = 16 * 1024
+
+_PEM_RE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END CERTIFICATE-----"
+)
+
+
+@dataclass(frozen=True)
+class Extension:
+    oid: str
+    critical: bool
+    value: bytes
+
+
+@dataclass(frozen=True)
+class AmdCertificate:
+    """One certificate of an AMD chain (ARK, ASK, ASVK, VCEK or VLEK, or a test look-alike)."""
+
+    der: bytes
+    tbs: bytes
+    serial_number: int
+    signature_algorithm: bytes
+    signature: bytes
+    issuer: tuple[tuple[str, str], ...]
+    issuer_der: bytes
+    subject: tuple[tuple[str, str], ...]
+    subject_der: bytes
+    not_before: _dt.datetime
+    not_after: _dt.datetime
+    spki: bytes
+    extensions: tuple[Extension, ...] = field(repr=False)
+
+    @property
+    def fingerprint_sha256(self) -> str:
+        """Lowercase hex SHA-256 of the DER encoding."""
+        return hashlib.sha256(self.der).hexdigest()
+
+    @property
+    def common_name(self) -> str:
+        return next((v for o, v in self.subject if o == OID_COMMON_NAME), "")
+
+    @property
+    def issuer_common_name(self) -> str:
+        return next((v for o, v in self.issuer if o == OID_COMMON_NAME), "")
+
+    def extension(self, oid: str) -> Extension | None:
+        return next((e for e in self.extensions if e.oid == oid), None)
+
+    def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+        try:
+            key = serialization.load_der_public_key(self.spki)
+        except (ValueError, TypeError) as exc:
+            raise NotAnEnclaveError(f"certificate {self.common_name!r}: unreadable public key") from exc
+        if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+            raise NotAnEnclaveError(
+                f"certificate {self.common_name!r}: expected an RSA or EC key, "
+                f"found {type(key).__name__}"
+            )
+        return key
+
+    def is_ca(self) -> bool:
+        """True when BasicConstraints says cA and KeyUsage allows keyCertSign."""
+        bc, ku = self.extension(OID_BASIC_CONSTRAINTS), self.extension(OID_KEY_USAGE)
+        if bc is None or ku is None:
+            return False
+        try:
+            items = der.read_single(bc.value, der.SEQUENCE).children()
+            ca = bool(items) and items[0].tag == der.BOOLEAN and der.as_bool(items[0])
+            bits = der.read_single(ku.value, der.BIT_STRING).content
+        except der.DerError:
+            return False
+        key_cert_sign = len(bits) >= 2 and bool(bits[1] & 0x04)
+        return ca and key_cert_sign
+
+    def valid_at(self, at: _dt.datetime) -> bool:
+        return self.not_before <= at <= self.not_after
+
+    def verify_signed_by(self, issuer: AmdCertificate) -> None:
+        """Check that ``issuer``'s RSA key made this certificate's RSASSA-PSS signature.
+
+        Raises :class:`NotAnEnclaveError` on any mismatch.
+        """
+        key = issuer.public_key()
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise NotAnEnclaveError(
+                f"certificate {self.common_name!r}: issuer {issuer.common_name!r} has no RSA key"
+            )
+        if self.issuer_der != issuer.subject_der:
+            raise NotAnEnclaveError(
+                f"certificate {self.common_name!r}: issuer name {self.issuer_common_name!r} "
+                f"does not match {issuer.common_name!r}"
+            )
+        try:
+            key.verify(
+                self.signature,
+                self.tbs,
+                padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=PSS_SALT_LENGTH),
+                hashes.SHA384(),
+            )
+        except InvalidSignature:
+            raise NotAnEnclaveError(
+                f"certificate {self.common_name!r}: signature does not verify under "
+                f"{issuer.common_name!r} (sha256 {issuer.fingerprint_sha256[:16]}...)"
+            ) from None
+
+    @classmethod
+    def from_der(cls, data: bytes) -> AmdCertificate:
+        """Parse one DER certificate of the AMD profile (RSASSA-PSS signed)."""
+        if len(data) > MAX_CERTIFICATE_SIZE:
+            raise NotAnEnclaveError(
+                f"certificate: expected at most {MAX_CERTIFICATE_SIZE} bytes, found {len(data)}"
+            )
+        try:
+            return _parse_certificate(bytes(data))
+        except der.DerError as exc:
+            raise NotAnEnclaveError(f"certificate: malformed DER ({exc})") from None
+
+    @classmethod
+    def load(cls, data: bytes | str | AmdCertificate) -> AmdCertificate:
+        """Accept a certificate as DER bytes, PEM text/bytes, or an already parsed one."""
+        if isinstance(data, AmdCertificate):
+            return data
+        certs = load_all(data)
+        if len(certs) != 1:
+            raise NotAnEnclaveError(f"certificate: expected exactly one, found {len(certs)}")
+        return certs[0]
+
+
+def load_all(data: bytes | str) -> list[AmdCertificate]:
+    """Parse every certificate in PEM text (any number) or a single DER blob."""
+    blob = data.encode("ascii", "replace") if isinstance(data, str) else bytes(data)
+    if b"-----BEGIN" not in blob:
+        return [AmdCertificate.from_der(blob)] if blob else []
+    out = []
+    for match in _PEM_RE.finditer(blob):
+        try:
+            body = base64.b64decode(b"".join(match.group(1).split()), validate=True)
+        except binascii.Error as exc:
+            raise NotAnEnclaveError(f"certificate: invalid PEM base64 ({exc})") from None
+        out.append(AmdCertificate.from_der(body))
+    if not out:
+        raise NotAnEnclaveError("certificate: PEM text holds no CERTIFICATE block")
+    return out
+
+
+def _parse_name(tlv: der.Tlv) -> tuple[tuple[str, str], ...]:
+    out = []
+    for rdn in tlv.expect(der.SEQUENCE).children():
+        for atv in rdn.expect(der.SET).children():
+            oid, value = atv.expect(der.SEQUENCE).children()
+            out.append((der.as_oid(oid), der.as_string(value)))
+    return tuple(out)
+
+
+def _parse_time(tlv: der.Tlv) -> _dt.datetime:
+    text = tlv.content.decode("ascii", "replace")
+    if tlv.tag == der.UTC_TIME and re.fullmatch(r"\d{12}Z", text):
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    elif not (tlv.tag == der.GENERALIZED_TIME and re.fullmatch(r"\d{14}Z", text)):
+        raise der.DerError(f"unsupported time encoding {text!r}")
+    return _dt.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=_dt.timezone.utc)
+
+
+def _check_pss_algorithm(alg: der.Tlv) -> None:
+    items = alg.expect(der.SEQUENCE).children()
+    if len(items) != 2 or der.as_oid(items[0]) != OID_RSASSA_PSS:
+        raise der.DerError("signature algorithm is not RSASSA-PSS")
+    params = {p.tag: p for p in items[1].expect(der.SEQUENCE).children()}
+    if set(params) - {0xA0, 0xA1, 0xA2, 0xA3}:
+        raise der.DerError("unexpected RSASSA-PSS parameter")
+
+    def hash_is_sha384(t: der.Tlv) -> bool:
+        parts = t.expect(der.SEQUENCE).children()
+        tail_ok = len(parts) == 1 or (len(parts) == 2 and parts[1].tag == der.NULL and not parts[1].content)
+        return der.as_oid(parts[0]) == OID_SHA384 and tail_ok
+
+    if 0xA0 not in params or not hash_is_sha384(der.read_single(params[0xA0].content)):
+        raise der.DerError("RSASSA-PSS hash is not SHA-384")
+    if 0xA1 not in params:
+        raise der.DerError("RSASSA-PSS mask generation is not MGF1-SHA-384")
+    mgf = der.read_single(params[0xA1].content, der.SEQUENCE).children()
+    if len(mgf) != 2 or der.as_oid(mgf[0]) != OID_MGF1 or not hash_is_sha384(mgf[1]):
+        raise der.DerError("RSASSA-PSS mask generation is not MGF1-SHA-384")
+    if 0xA2 not in params or der.as_int(der.read_single(params[0xA2].content)) != PSS_SALT_LENGTH:
+        raise der.DerError(f"RSASSA-PSS salt length is not {PSS_SALT_LENGTH}")
+    if 0xA3 in params and der.as_int(der.read_single(params[0xA3].content)) != 1:
+        raise der.DerError("RSASSA-PSS trailer field is not 1")
+
+
+def _parse_certificate(data: bytes) -> AmdCertificate:
+    outer = der.read_single(data, der.SEQUENCE).children()
+    if len(outer) != 3:
+        raise der.DerError("Certificate must have 3 elements")
+    tbs_tlv, sig_alg, sig_value = outer
+    fields = tbs_tlv.expect(der.SEQUENCE).children()
+    if not fields or fields[0].tag != 0xA0:
+        raise der.DerError("only X.509 v3 certificates are accepted")
+    if der.as_int(der.read_single(fields[0].content)) != 2:
+        raise der.DerError("only X.509 v3 certificates are accepted")
+    if len(fields) < 7:
+        raise der.DerError("TBSCertificate is missing fields")
+    serial = der.as_int(fields[1])
+    if fields[2].encoded != sig_alg.encoded:
+        raise der.DerError("TBS signature algorithm differs from the outer one")
+    _check_pss_algorithm(sig_alg)
+    validity = fields[4].expect(der.SEQUENCE).children()
+    if len(validity) != 2:
+        raise der.DerError("Validity must have 2 elements")
+    spki = fields[6].expect(der.SEQUENCE)
+    extensions: list[Extension] = []
+    rest = fields[7:]
+    for item in rest:
+        if item.tag in (0x81, 0x82):
+            continue
+        if item.tag != 0xA3 or item is not rest[-1]:
+            raise der.DerError(f"unexpected TBSCertificate element tag 0x{item.tag:02x}")
+        seen: set[str] = set()
+        for ext in der.read_single(item.content, der.SEQUENCE).children():
+            parts = ext.expect(der.SEQUENCE).children()
+            if len(parts) == 2:
+                oid, value, critical = der.as_oid(parts[0]), parts[1], False
+            elif len(parts) == 3:
+                oid, critical, value = der.as_oid(parts[0]), der.as_bool(parts[1]), parts[2]
+                if not critical:
+                    raise der.DerError("DEFAULT FALSE critical flag encoded explicitly")
+            else:
+                raise der.DerError("malformed Extension")
+            if oid in seen:
+                raise der.DerError(f"duplicate extension {oid}")
+            seen.add(oid)
+            extensions.append(Extension(oid, critical, value.expect(der.OCTET_STRING).content))
+    return AmdCertificate(
+        der=data,
+        tbs=tbs_tlv.encoded,
+        serial_number=serial,
+        signature_algorithm=sig_alg.encoded,
+        signature=der.as_bit_string(sig_value),
+        issuer=_parse_name(fields[3]),
+        issuer_der=fields[3].encoded,
+        subject=_parse_name(fields[5]),
+        subject_der=fields[5].encoded,
+        not_before=_parse_time(validity[0]),
+        not_after=_parse_time(validity[1]),
+        spki=spki.encoded,
+        extensions=tuple(extensions),
+    )
