@@ -16,7 +16,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -81,8 +81,10 @@ class AmdCertificate:
     def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
         try:
             key = serialization.load_der_public_key(self.spki)
-        except (ValueError, TypeError) as exc:
-            raise NotAnEnclaveError(f"certificate {self.common_name!r}: unreadable public key") from exc
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise NotAnEnclaveError(
+                f"certificate {self.common_name!r}: unreadable or unsupported public key ({exc})"
+            ) from exc
         if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
             raise NotAnEnclaveError(
                 f"certificate {self.common_name!r}: expected an RSA or EC key, "
@@ -179,8 +181,10 @@ def _parse_name(tlv: der.Tlv) -> tuple[tuple[str, str], ...]:
     out = []
     for rdn in tlv.expect(der.SEQUENCE).children():
         for atv in rdn.expect(der.SET).children():
-            oid, value = atv.expect(der.SEQUENCE).children()
-            out.append((der.as_oid(oid), der.as_string(value)))
+            parts = atv.expect(der.SEQUENCE).children()
+            if len(parts) != 2:
+                raise der.DerError("AttributeTypeAndValue must have 2 elements")
+            out.append((der.as_oid(parts[0]), der.as_string(parts[1])))
     return tuple(out)
 
 
@@ -191,7 +195,11 @@ def _parse_time(tlv: der.Tlv) -> _dt.datetime:
         text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
     elif not (tlv.tag == der.GENERALIZED_TIME and re.fullmatch(r"\d{14}Z", text)):
         raise der.DerError(f"unsupported time encoding {text!r}")
-    return _dt.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=_dt.timezone.utc)
+    try:
+        when = _dt.datetime.strptime(text, "%Y%m%d%H%M%SZ")
+    except ValueError:
+        raise der.DerError(f"invalid time {text!r}") from None
+    return when.replace(tzinfo=_dt.timezone.utc)
 
 
 def _check_pss_algorithm(alg: der.Tlv) -> None:
@@ -204,6 +212,8 @@ def _check_pss_algorithm(alg: der.Tlv) -> None:
 
     def hash_is_sha384(t: der.Tlv) -> bool:
         parts = t.expect(der.SEQUENCE).children()
+        if not parts:
+            return False
         tail_ok = len(parts) == 1 or (len(parts) == 2 and parts[1].tag == der.NULL and not parts[1].content)
         return der.as_oid(parts[0]) == OID_SHA384 and tail_ok
 
