@@ -7,6 +7,7 @@ from blindbox.snp.certificate import AmdCertificate
 from blindbox.snp.chain import CertificateChain
 from blindbox.snp.extensions import KdsExtensions
 from blindbox.snp.guest_policy import GuestPolicy
+from blindbox.snp.kds import KdsClient
 from blindbox.snp.platform_info import PlatformInfo
 from blindbox.snp.product import Product
 from blindbox.snp.report import AttestationReport, FirmwareVersion, SignerInfo, SigningKey
@@ -20,6 +21,7 @@ __all__ = [
     "CertificateChain",
     "FirmwareVersion",
     "GuestPolicy",
+    "KdsClient",
     "KdsExtensions",
     "PlatformInfo",
     "Product",

@@ -4,7 +4,9 @@ AMD's VCEK and VLEK have serial number 0 and no key identifiers, which general
 X.509 libraries reject or deprecate. :class:`AmdCertificate` reads exactly the
 fields the chain walk needs, keeps the signed TBS bytes verbatim, and checks
 RSASSA-PSS signatures with the parameters AMD uses (SHA-384, MGF1-SHA-384,
-salt 48) and no others.
+salt 48) and no others. Parsed certificates and loaded public keys are
+immutable and memoised by their exact bytes, so a client that sees the same
+VCEKs again parses each one once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from blindbox.errors import NotAnEnclaveError
 from blindbox.snp import der
@@ -80,7 +84,7 @@ class AmdCertificate:
 
     def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
         try:
-            key = serialization.load_der_public_key(self.spki)
+            key = _load_public_key(self.spki)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise NotAnEnclaveError(
                 f"certificate {self.common_name!r}: unreadable or unsupported public key ({exc})"
@@ -124,18 +128,11 @@ class AmdCertificate:
                 f"certificate {self.common_name!r}: issuer name {self.issuer_common_name!r} "
                 f"does not match {issuer.common_name!r}"
             )
-        try:
-            key.verify(
-                self.signature,
-                self.tbs,
-                padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=PSS_SALT_LENGTH),
-                hashes.SHA384(),
-            )
-        except InvalidSignature:
+        if not verify_pss_sha384(key, self.signature, self.tbs):
             raise NotAnEnclaveError(
                 f"certificate {self.common_name!r}: signature does not verify under "
                 f"{issuer.common_name!r} (sha256 {issuer.fingerprint_sha256[:16]}...)"
-            ) from None
+            )
 
     @classmethod
     def from_der(cls, data: bytes) -> AmdCertificate:
@@ -145,7 +142,7 @@ class AmdCertificate:
                 f"certificate: expected at most {MAX_CERTIFICATE_SIZE} bytes, found {len(data)}"
             )
         try:
-            return _parse_certificate(bytes(data))
+            return _parse_certificate_memoised(bytes(data))
         except der.DerError as exc:
             raise NotAnEnclaveError(f"certificate: malformed DER ({exc})") from None
 
@@ -158,6 +155,25 @@ class AmdCertificate:
         if len(certs) != 1:
             raise NotAnEnclaveError(f"certificate: expected exactly one, found {len(certs)}")
         return certs[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _load_public_key(spki: bytes) -> PublicKeyTypes:
+    return serialization.load_der_public_key(spki)
+
+
+def verify_pss_sha384(key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
+    """RSASSA-PSS with SHA-384, MGF1-SHA-384 and salt 48 — AMD's only signature scheme."""
+    try:
+        key.verify(
+            signature,
+            data,
+            padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=PSS_SALT_LENGTH),
+            hashes.SHA384(),
+        )
+    except InvalidSignature:
+        return False
+    return True
 
 
 def load_all(data: bytes | str) -> list[AmdCertificate]:
@@ -177,7 +193,7 @@ def load_all(data: bytes | str) -> list[AmdCertificate]:
     return out
 
 
-def _parse_name(tlv: der.Tlv) -> tuple[tuple[str, str], ...]:
+def parse_name(tlv: der.Tlv) -> tuple[tuple[str, str], ...]:
     out = []
     for rdn in tlv.expect(der.SEQUENCE).children():
         for atv in rdn.expect(der.SET).children():
@@ -188,7 +204,7 @@ def _parse_name(tlv: der.Tlv) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _parse_time(tlv: der.Tlv) -> _dt.datetime:
+def parse_time(tlv: der.Tlv) -> _dt.datetime:
     text = tlv.content.decode("ascii", "replace")
     if tlv.tag == der.UTC_TIME and re.fullmatch(r"\d{12}Z", text):
         year = int(text[:2])
@@ -202,7 +218,7 @@ def _parse_time(tlv: der.Tlv) -> _dt.datetime:
     return when.replace(tzinfo=_dt.timezone.utc)
 
 
-def _check_pss_algorithm(alg: der.Tlv) -> None:
+def check_pss_algorithm(alg: der.Tlv) -> None:
     items = alg.expect(der.SEQUENCE).children()
     if len(items) != 2 or der.as_oid(items[0]) != OID_RSASSA_PSS:
         raise der.DerError("signature algorithm is not RSASSA-PSS")
@@ -245,7 +261,7 @@ def _parse_certificate(data: bytes) -> AmdCertificate:
     serial = der.as_int(fields[1])
     if fields[2].encoded != sig_alg.encoded:
         raise der.DerError("TBS signature algorithm differs from the outer one")
-    _check_pss_algorithm(sig_alg)
+    check_pss_algorithm(sig_alg)
     validity = fields[4].expect(der.SEQUENCE).children()
     if len(validity) != 2:
         raise der.DerError("Validity must have 2 elements")
@@ -278,12 +294,16 @@ def _parse_certificate(data: bytes) -> AmdCertificate:
         serial_number=serial,
         signature_algorithm=sig_alg.encoded,
         signature=der.as_bit_string(sig_value),
-        issuer=_parse_name(fields[3]),
+        issuer=parse_name(fields[3]),
         issuer_der=fields[3].encoded,
-        subject=_parse_name(fields[5]),
+        subject=parse_name(fields[5]),
         subject_der=fields[5].encoded,
-        not_before=_parse_time(validity[0]),
-        not_after=_parse_time(validity[1]),
+        not_before=parse_time(validity[0]),
+        not_after=parse_time(validity[1]),
         spki=spki.encoded,
         extensions=tuple(extensions),
     )
+
+
+#: Keyed by the exact DER; failures are not cached (lru_cache never caches an exception).
+_parse_certificate_memoised = functools.lru_cache(maxsize=256)(_parse_certificate)

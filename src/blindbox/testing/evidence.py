@@ -1,0 +1,101 @@
+"""Live simulated evidence: a fresh report per request, signed by the software platform."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field, replace
+
+from blindbox.attest.binding import expected_report_data
+from blindbox.attest.evidence import Evidence
+from blindbox.attest.policy import parse_measurement
+from blindbox.server.tls import TlsIdentity
+from blindbox.snp.guest_policy import GuestPolicy
+from blindbox.snp.product import Product
+from blindbox.snp.report import SigningKey
+from blindbox.testing._keys import DEFAULT_SEED
+from blindbox.testing.fixture import RecordedEvidence
+from blindbox.testing.platform import SoftwarePlatform
+from blindbox.testing.report import DEFAULT_POLICY, ReportFields
+from blindbox.testing.server import Fault
+
+#: The measurement the simulated enclave "runs" unless told otherwise.
+DEMO_MEASUREMENT = hashlib.sha384(b"BlindBox simulated enclave image v1").hexdigest()
+_DEBUG_BIT = 1 << 19
+
+
+def pem(der: bytes) -> str:
+    body = base64.encodebytes(der).decode("ascii").replace("\n", "")
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
+
+
+@dataclass(frozen=True)
+class LiveEvidence:
+    """Signs a fresh report for each evidence request, binding the key and nonce asked for.
+
+    ``template`` fixes every report field except report_data; faults alter it
+    (debug policy, other measurement) the way a dishonest host would.
+    """
+
+    platform: SoftwarePlatform
+    template: ReportFields
+    identity: TlsIdentity = field(default_factory=TlsIdentity.generate)
+    policy: bytes | None = None
+
+    @classmethod
+    def create(
+        cls,
+        measurement: str | bytes = DEMO_MEASUREMENT,
+        *,
+        product: Product = Product.MILAN,
+        version: int = 5,
+        signing_key: SigningKey = SigningKey.VCEK,
+        guest_policy: int | GuestPolicy = DEFAULT_POLICY,
+        policy: bytes | None = None,
+        seed: bytes = DEFAULT_SEED,
+        identity: TlsIdentity | None = None,
+    ) -> LiveEvidence:
+        raw_policy = guest_policy.raw if isinstance(guest_policy, GuestPolicy) else guest_policy
+        template = ReportFields(
+            product=product,
+            version=version,
+            signing_key=signing_key,
+            policy=raw_policy,
+            measurement=parse_measurement(measurement),
+        )
+        return cls(
+            platform=SoftwarePlatform(seed),
+            template=template,
+            identity=identity or TlsIdentity.generate(),
+            policy=policy,
+        )
+
+    @property
+    def measurement(self) -> str:
+        return self.template.measurement.hex()
+
+    @property
+    def roots_pem(self) -> str:
+        return self.platform.roots_pem(self.template.product)
+
+    def evidence(self, *, spki_der: bytes, nonce: bytes | None, faults: frozenset[Fault]) -> Evidence:
+        fields = replace(self.template, report_data=expected_report_data(spki_der, self.policy, nonce))
+        if Fault.DEBUG_POLICY in faults:
+            fields = replace(fields, policy=fields.policy | _DEBUG_BIT)
+        if Fault.OTHER_MEASUREMENT in faults:
+            fields = replace(fields, measurement=hashlib.sha384(b"other code" + fields.measurement).digest())
+        signed = self.platform.sign(fields)
+        certificates = {name: pem(der) for name, der in signed.certificates.items()}
+        return Evidence(report=signed.raw, certificates=certificates, policy=self.policy)
+
+    def record(self) -> RecordedEvidence:
+        """Freeze one nonce-less evidence document bound to this TLS identity."""
+        evidence = self.evidence(spki_der=self.identity.spki_der, nonce=None, faults=frozenset())
+        return RecordedEvidence(
+            recorded=evidence,
+            identity=self.identity,
+            measurement=self.measurement,
+            roots_pem=self.roots_pem,
+            product=self.template.product.value.lower(),
+        )
