@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -21,3 +23,54 @@ def vectors() -> Path:
     if not VECTORS.is_dir():
         pytest.fail(f"SEV-SNP vectors not found at {VECTORS}")
     return VECTORS
+
+
+# --- Real reports that verify end to end, with their signing certificate ------------------------
+# (added for tests/test_vectors.py, test_negative.py, test_properties.py, test_cli.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportVector:
+    """One genuine report from index.json with its VCEK/VLEK and a time inside the cert's validity."""
+
+    name: str
+    entry: dict[str, Any]
+    report: bytes
+    cert: bytes
+    at: datetime.datetime
+
+    @property
+    def report_path(self) -> Path:
+        return VECTORS / self.entry["file"]
+
+    @property
+    def cert_path(self) -> Path:
+        return VECTORS / self.entry["key_cert"]
+
+    @property
+    def chain_path(self) -> Path:
+        return VECTORS / self.entry["chain"]
+
+
+def cert_valid_at(cert_der: bytes) -> datetime.datetime:
+    """A time one day after the certificate's notBefore (VLEKs in the set expired 2025-12-10)."""
+    from blindbox.snp.certificate import AmdCertificate
+
+    return AmdCertificate.from_der(cert_der).not_before + datetime.timedelta(days=1)
+
+
+def report_vectors() -> list[ReportVector]:
+    """Every report whose index entry says verify.end_to_end, in index order."""
+    out = []
+    for entry in load_index():
+        if not entry["verify"]["end_to_end"]:
+            continue
+        cert = (VECTORS / entry["key_cert"]).read_bytes()
+        out.append(ReportVector(
+            name=Path(entry["file"]).stem,
+            entry=entry,
+            report=(VECTORS / entry["file"]).read_bytes(),
+            cert=cert,
+            at=cert_valid_at(cert),
+        ))
+    return out

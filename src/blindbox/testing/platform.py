@@ -1,0 +1,244 @@
+"""A software SEV-SNP platform: test roots, VCEKs, VLEKs and signed reports, from a seed.
+
+It mirrors AMD's hierarchy for Milan, Genoa and Turin: an RSA-4096 ARK
+(self-signed, RSASSA-PSS SHA-384) signs an ASK and an ASVK, which sign P-384
+VCEKs and VLEKs carrying AMD's extensions. Every key and certificate is a pure
+function of the seed, so a seed always gives byte-identical certificates.
+
+Nothing it issues is trusted by default: :func:`blindbox.snp.verify_report`
+accepts these reports only when the caller passes ``roots=platform.roots_pem()``,
+and refuses them under AMD's pinned roots. No verification path imports this
+module.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from blindbox.snp.certtable import encode_cert_table
+from blindbox.snp.product import Product
+from blindbox.snp.report import REPORT_SIZE, SIGNED_LENGTH, SigningKey
+from blindbox.snp.tcb import TcbVersion
+from blindbox.testing import _keys, _x509
+from blindbox.testing._keys import DEFAULT_SEED
+from blindbox.testing.report import ReportFields
+
+DEFAULT_CSP_ID = "CN=csp.blindbox-test.invalid"
+CA_NOT_BEFORE = _dt.datetime(2020, 1, 1, tzinfo=_dt.timezone.utc)
+CA_NOT_AFTER = _dt.datetime(2050, 1, 1, tzinfo=_dt.timezone.utc)
+LEAF_NOT_BEFORE = _dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc)
+LEAF_NOT_AFTER = _dt.datetime(2049, 12, 31, tzinfo=_dt.timezone.utc)
+#: productName as AMD writes it in VCEKs and in VLEKs.
+VCEK_PRODUCT_NAME = {Product.MILAN: "Milan-B0", Product.GENOA: "Genoa", Product.TURIN: "Turin"}
+VLEK_PRODUCT_NAME = {Product.MILAN: "Milan", Product.GENOA: "Genoa", Product.TURIN: "Turin"}
+
+CaRole = Literal["ark", "ask", "asvk"]
+_CA_NAMES: dict[str, str] = {"ark": "ARK-{}", "ask": "SEV-{}", "asvk": "SEV-VLEK-{}"}
+_SIGNATURE_COMPONENT = 72
+
+
+@dataclass(frozen=True)
+class SignedReport:
+    """A signed 1184-byte report and the certificates that go with it.
+
+    ``certificates`` maps "vcek" or "vlek", "ask" or "asvk", and "ark" to DER,
+    as :func:`blindbox.snp.verify_report` takes them.
+    """
+
+    raw: bytes
+    certificates: Mapping[str, bytes]
+    fields: ReportFields
+
+    def cert_table(self, *, mixed_endian: bool = False) -> bytes:
+        """These certificates as a GHCB extended-report certificate table."""
+        return encode_cert_table(self.certificates, mixed_endian=mixed_endian)
+
+
+def _pem(der: bytes) -> str:
+    body = base64.b64encode(der).decode("ascii")
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
+
+
+@functools.lru_cache(maxsize=64)
+def _ca_der(seed: bytes, product: Product, role: str) -> bytes:
+    ark_key = _keys.rsa_key(seed, f"ark/{product.value}")
+    key = ark_key if role == "ark" else _keys.rsa_key(seed, f"{role}/{product.value}")
+    return _x509.ca_certificate(
+        seed=seed,
+        common_name=_CA_NAMES[role].format(product.value),
+        key=key,
+        issuer_name=_CA_NAMES["ark"].format(product.value),
+        issuer_key=ark_key,
+        not_before=CA_NOT_BEFORE,
+        not_after=CA_NOT_AFTER,
+        path_length=None if role == "ark" else 0,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _leaf_der(
+    seed: bytes,
+    product: Product,
+    signing_key: SigningKey,
+    tcb: TcbVersion,
+    ident: bytes | str,
+    not_before: _dt.datetime,
+    not_after: _dt.datetime,
+) -> bytes:
+    vcek = signing_key is SigningKey.VCEK
+    role = "ask" if vcek else "asvk"
+    return _x509.signing_key_certificate(
+        seed=seed,
+        common_name="SEV-VCEK" if vcek else "SEV-VLEK",
+        key=_leaf_key(seed, product, signing_key, tcb, ident),
+        issuer_name=_CA_NAMES[role].format(product.value),
+        issuer_key=_keys.rsa_key(seed, f"{role}/{product.value}"),
+        product=product,
+        product_name=(VCEK_PRODUCT_NAME if vcek else VLEK_PRODUCT_NAME)[product],
+        tcb=tcb,
+        hwid=ident if isinstance(ident, bytes) else None,
+        csp_id=ident if isinstance(ident, str) else None,
+        not_before=not_before,
+        not_after=not_after,
+    )
+
+
+def _leaf_key(
+    seed: bytes, product: Product, signing_key: SigningKey, tcb: TcbVersion, ident: bytes | str
+) -> ec.EllipticCurvePrivateKey:
+    who = ident.hex() if isinstance(ident, bytes) else "csp:" + ident
+    return _keys.ec_key(seed, f"{signing_key.name}/{product.value}/{who}/{tcb.raw.hex()}")
+
+
+def _check_tcb(product: Product, tcb: TcbVersion) -> None:
+    if (tcb.fmc is not None) != product.has_fmc or len(tcb.raw) != 8:
+        layout = "the Turin layout (with fmc)" if product.has_fmc else "the Milan/Genoa layout (no fmc)"
+        raise ValueError(f"TCB for {product.value}: expected {layout}, got {tcb}")
+
+
+@dataclass(frozen=True)
+class SoftwarePlatform:
+    """A simulated AMD key hierarchy for Milan, Genoa and Turin, derived from ``seed``.
+
+    Keys are made on first use and cached for the process. A new RSA-4096
+    key takes a few seconds in pure Python; the default seed's nine are
+    memoised (see ``_keys``) and take about two seconds in all.
+    """
+
+    seed: bytes = DEFAULT_SEED
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, bytes) or not self.seed:
+            raise ValueError("seed: expected non-empty bytes")
+
+    def ca_der(self, product: Product, role: CaRole) -> bytes:
+        """The DER of this platform's ARK, ASK or ASVK for ``product``."""
+        if role not in _CA_NAMES:
+            raise ValueError(f"role: expected ark, ask or asvk, got {role!r}")
+        return _ca_der(self.seed, product, role)
+
+    def roots_pem(self, *products: Product) -> str:
+        """ARK, ASK and ASVK PEM of ``products`` (default: all), for ``verify_report(roots=...)``."""
+        return "".join(
+            _pem(self.ca_der(product, role))
+            for product in (products or tuple(Product))
+            for role in ("ark", "ask", "asvk")
+        )
+
+    def vcek_key(self, product: Product, chip_id: bytes, tcb: TcbVersion) -> ec.EllipticCurvePrivateKey:
+        """The VCEK private key of a chip at a TCB (hwID: CHIP_ID, first 8 bytes on Turin)."""
+        _check_tcb(product, tcb)
+        return _leaf_key(self.seed, product, SigningKey.VCEK, tcb, self._hwid(product, chip_id))
+
+    def vlek_key(
+        self, product: Product, tcb: TcbVersion, csp_id: str = DEFAULT_CSP_ID
+    ) -> ec.EllipticCurvePrivateKey:
+        """The VLEK private key of a cloud provider at a TCB."""
+        _check_tcb(product, tcb)
+        return _leaf_key(self.seed, product, SigningKey.VLEK, tcb, csp_id)
+
+    def vcek_der(
+        self,
+        product: Product,
+        chip_id: bytes,
+        tcb: TcbVersion,
+        *,
+        not_before: _dt.datetime = LEAF_NOT_BEFORE,
+        not_after: _dt.datetime = LEAF_NOT_AFTER,
+    ) -> bytes:
+        """The VCEK certificate for a chip at a TCB, as AMD KDS would serve it."""
+        _check_tcb(product, tcb)
+        hwid = self._hwid(product, chip_id)
+        return _leaf_der(self.seed, product, SigningKey.VCEK, tcb, hwid, not_before, not_after)
+
+    def vlek_der(
+        self,
+        product: Product,
+        tcb: TcbVersion,
+        *,
+        csp_id: str = DEFAULT_CSP_ID,
+        not_before: _dt.datetime = LEAF_NOT_BEFORE,
+        not_after: _dt.datetime = LEAF_NOT_AFTER,
+    ) -> bytes:
+        """The VLEK certificate for a cloud provider at a TCB."""
+        _check_tcb(product, tcb)
+        if not csp_id.isascii():
+            raise ValueError("csp_id: expected ASCII (an IA5String)")
+        return _leaf_der(self.seed, product, SigningKey.VLEK, tcb, csp_id, not_before, not_after)
+
+    def sign(
+        self,
+        fields: ReportFields,
+        *,
+        body: bytes | None = None,
+        csp_id: str = DEFAULT_CSP_ID,
+        not_before: _dt.datetime = LEAF_NOT_BEFORE,
+        not_after: _dt.datetime = LEAF_NOT_AFTER,
+    ) -> SignedReport:
+        """Sign ``fields`` as the chip would, with the VCEK or VLEK they name.
+
+        The key and certificate follow ``fields.product``, ``fields.chip_id``
+        (VCEK hwID) and ``fields.reported_tcb`` (its SPLs), so that the report
+        verifies under :meth:`roots_pem`. ``body`` replaces the encoded fields
+        (0x2A0 bytes) to sign bytes the encoder would not produce.
+        """
+        product, tcb = fields.product, fields.reported_tcb
+        signed = fields.encode() if body is None else bytes(body)
+        if len(signed) != SIGNED_LENGTH:
+            raise ValueError(f"body: expected {SIGNED_LENGTH} bytes, got {len(signed)}")
+        if fields.signing_key is SigningKey.VCEK:
+            key = self.vcek_key(product, fields.chip_id, tcb)
+            leaf = {"vcek": self.vcek_der(product, fields.chip_id, tcb,
+                                          not_before=not_before, not_after=not_after)}
+            ca = {"ask": self.ca_der(product, "ask")}
+        else:
+            key = self.vlek_key(product, tcb, csp_id)
+            leaf = {"vlek": self.vlek_der(product, tcb, csp_id=csp_id,
+                                          not_before=not_before, not_after=not_after)}
+            ca = {"asvk": self.ca_der(product, "asvk")}
+        r, s = decode_dss_signature(key.sign(signed, ec.ECDSA(hashes.SHA384())))
+        signature = r.to_bytes(_SIGNATURE_COMPONENT, "little") + s.to_bytes(_SIGNATURE_COMPONENT, "little")
+        raw = signed + signature + bytes(REPORT_SIZE - SIGNED_LENGTH - len(signature))
+        certificates = MappingProxyType({**leaf, **ca, "ark": self.ca_der(product, "ark")})
+        return SignedReport(raw=raw, certificates=certificates, fields=fields)
+
+    @staticmethod
+    def _hwid(product: Product, chip_id: bytes) -> bytes:
+        hwid = bytes(chip_id[: product.hwid_length])
+        if len(hwid) != product.hwid_length:
+            raise ValueError(
+                f"chip_id: expected at least {product.hwid_length} bytes for {product.value}, "
+                f"got {len(chip_id)}"
+            )
+        return hwid

@@ -1,0 +1,95 @@
+"""`blindbox fixture create | serve`: recorded fixtures a user can commit and serve in CI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blindbox.attest.evidence import Evidence
+from blindbox.cli import main
+from blindbox.errors import NotAnEnclaveError
+from blindbox.snp import AttestationReport, Product, verify_report
+from blindbox.testing.fixture import RecordedEvidence
+
+from .test_fixture_server import _attest
+
+MEASUREMENT = "0123456789abcdef" * 6
+
+
+def test_fixture_create_writes_a_verifiable_recording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_bytes(b'{"version":1}')
+    out = tmp_path / "fixture"
+    assert main(["fixture", "create", "--measurement", MEASUREMENT.upper(), "--product", "turin",
+                 "--policy", str(policy), "-o", str(out)]) == 0
+    assert "SIMULATED" in capsys.readouterr().out
+    recorded = RecordedEvidence.load(out)
+    assert recorded.measurement == MEASUREMENT
+    assert recorded.policy == b'{"version":1}'
+    evidence = Evidence.from_json((out / "evidence.json").read_bytes())
+    report = AttestationReport.from_bytes(evidence.report)
+    assert report.product is Product.TURIN
+    # Verifiable only with the fixture's own test roots, never with AMD's.
+    verify_report(evidence.report, certificates=dict(evidence.certificates), roots=recorded.roots_pem)
+    with pytest.raises(NotAnEnclaveError, match="pinned roots"):
+        verify_report(evidence.report, certificates=dict(evidence.certificates))
+    meta = json.loads((out / "fixture.json").read_text())
+    assert meta["simulated"] is True and "not by AMD" in meta["note"]
+
+
+def test_fixture_create_refuses_a_bad_measurement(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fixture", "create", "--measurement", "abc", "-o", str(tmp_path / "x")]) == 2
+    assert "measurement" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_fixture_serve_serves_the_recording(tmp_path: Path) -> None:
+    out = tmp_path / "fixture"
+    assert main(["fixture", "create", "--measurement", MEASUREMENT, "-o", str(out)]) == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blindbox", "fixture", "serve", str(out), "--app",
+         "tests.test_cli_fixture:hello_app"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"at https://127\.0\.0\.1:(\d+)", line)
+        assert match, line + (proc.stderr.read() if proc.stderr else "")
+
+        class _Server:
+            port = int(match.group(1))
+            measurement = MEASUREMENT
+            roots_pem = (out / "roots.pem").read_text()
+
+        _attest(_Server, nonce=None)  # type: ignore[arg-type]
+        import requests
+
+        response = requests.get(f"https://127.0.0.1:{_Server.port}/hi", verify=False, timeout=10)
+        assert response.text == "hello from the fixture"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_fixture_serve_refuses_a_bad_app(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "fixture"
+    assert main(["fixture", "create", "--measurement", MEASUREMENT, "-o", str(out)]) == 0
+    assert main(["fixture", "serve", str(out), "--app", "no_such_module:app"]) == 2
+    assert main(["fixture", "serve", str(out), "--app", "nocolon"]) == 2
+    assert main(["fixture", "serve", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def hello_app(environ: dict[str, object], start_response: object) -> list[bytes]:
+    body = b"hello from the fixture"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])  # type: ignore[operator]
+    return [body]
