@@ -1,5 +1,7 @@
 """BlindBox: send data only to genuine, attested AMD SEV-SNP confidential VMs."""
 
+import logging
+
 from blindbox.errors import (
     AttestationError,
     ConfigurationError,
@@ -8,6 +10,9 @@ from blindbox.errors import (
 )
 
 __version__ = "0.3.0"
+
+# A library configures no logging output of its own: applications do (logger "blindbox").
+logging.getLogger("blindbox").addHandler(logging.NullHandler())
 
 __all__ = [
     "AttestationError",

@@ -239,6 +239,25 @@ def _cmd_fixture_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="attest a local SIMULATED enclave, send it data, and show two refusals",
+        description=(
+            "Starts a local enclave simulated by BlindBox's test kit (evidence signed by TEST "
+            "roots, not AMD), talks to it through SecureSession, prints what was verified, then "
+            "shows NotAnEnclaveError and InvalidEnclaveCode. Needs no network and no hardware."
+        ),
+    )
+    parser.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from blindbox.testing.demo import run  # test kit: loaded only here
+
+    return run(sys.stdout)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blindbox",
@@ -248,6 +267,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_verify(sub)
     _add_fixture(sub)
+    _add_demo(sub)
     return parser
 
 
