@@ -162,6 +162,15 @@ def _load_public_key(spki: bytes) -> PublicKeyTypes:
     return serialization.load_der_public_key(spki)
 
 
+_NAME_LABELS = {"2.5.4.3": "CN", "2.5.4.10": "O", "2.5.4.11": "OU", "2.5.4.6": "C", "2.5.4.7": "L",
+                "2.5.4.8": "ST"}
+
+
+def format_name(name: tuple[tuple[str, str], ...]) -> str:
+    """A distinguished name for messages, e.g. ``CN=ARK-Milan, O=Advanced Micro Devices``."""
+    return ", ".join(f"{_NAME_LABELS.get(oid, oid)}={value}" for oid, value in name)
+
+
 def verify_pss_sha384(key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
     """RSASSA-PSS with SHA-384, MGF1-SHA-384 and salt 48 — AMD's only signature scheme."""
     try:

@@ -22,6 +22,7 @@ from blindbox.snp import der
 from blindbox.snp.certificate import (
     AmdCertificate,
     check_pss_algorithm,
+    format_name,
     parse_name,
     parse_time,
     verify_pss_sha384,
@@ -74,8 +75,8 @@ class RevocationList:
         """Check that ``issuer`` (an ARK) issued and signed this CRL, over its original TBS bytes."""
         if self.issuer_der != issuer.subject_der:
             raise NotAnEnclaveError(
-                f"CRL: expected issuer {issuer.common_name!r} (the chain's anchor), "
-                f"found {self.issuer_common_name!r}"
+                f"CRL: expected issuer {format_name(issuer.subject)!r} (the chain's anchor), "
+                f"found {format_name(self.issuer)!r}"
             )
         key = issuer.public_key()
         if not isinstance(key, rsa.RSAPublicKey):

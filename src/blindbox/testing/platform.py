@@ -2,8 +2,9 @@
 
 It mirrors AMD's hierarchy for Milan, Genoa and Turin: an RSA-4096 ARK
 (self-signed, RSASSA-PSS SHA-384) signs an ASK and an ASVK, which sign P-384
-VCEKs and VLEKs carrying AMD's extensions. Every key and certificate is a pure
-function of the seed, so a seed always gives byte-identical certificates.
+VCEKs and VLEKs carrying AMD's extensions; the ARK also signs the CRLs. Every
+key, certificate and CRL is a pure function of the seed and the inputs, so a
+seed always gives byte-identical certificates and CRLs.
 
 Nothing it issues is trusted by default: :func:`blindbox.snp.verify_report`
 accepts these reports only when the caller passes ``roots=platform.roots_pem()``,
@@ -16,15 +17,18 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from blindbox.snp import der
+from blindbox.snp.certificate import AmdCertificate
 from blindbox.snp.certtable import encode_cert_table
 from blindbox.snp.product import Product
 from blindbox.snp.report import REPORT_SIZE, SIGNED_LENGTH, SigningKey
@@ -43,8 +47,13 @@ VCEK_PRODUCT_NAME = {Product.MILAN: "Milan-B0", Product.GENOA: "Genoa", Product.
 VLEK_PRODUCT_NAME = {Product.MILAN: "Milan", Product.GENOA: "Genoa", Product.TURIN: "Turin"}
 
 CaRole = Literal["ark", "ask", "asvk"]
+CrlFamily = Literal["vcek", "vlek"]
 _CA_NAMES: dict[str, str] = {"ark": "ARK-{}", "ask": "SEV-{}", "asvk": "SEV-VLEK-{}"}
 _SIGNATURE_COMPONENT = 72
+# Extension OIDs (DER) of the non-critical CRL extensions AMD's CRLs carry.
+_OID_AUTHORITY_KEY_IDENTIFIER = bytes.fromhex("0603551d23")  # 2.5.29.35
+_OID_CRL_NUMBER = bytes.fromhex("0603551d14")  # 2.5.29.20
+_UTC_TIME_YEARS = range(1950, 2050)  # RFC 5280: UTCTime for these years, GeneralizedTime otherwise
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,53 @@ def _leaf_der(
         not_before=not_before,
         not_after=not_after,
     )
+
+
+def _seq(*parts: bytes) -> bytes:
+    return _x509._tlv(der.SEQUENCE, b"".join(parts))
+
+
+def _der_time(when: _dt.datetime) -> bytes:
+    if when.year in _UTC_TIME_YEARS:
+        return _x509._tlv(der.UTC_TIME, when.strftime("%y%m%d%H%M%SZ").encode("ascii"))
+    return _x509._tlv(der.GENERALIZED_TIME, when.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+
+
+def _crl_der(
+    seed: bytes,
+    product: Product,
+    revoked: tuple[int, ...],
+    this_update: _dt.datetime,
+    next_update: _dt.datetime,
+) -> bytes:
+    """An X.509 v2 CRL by the product's ARK, encoded here (``cryptography`` refuses serial 0).
+
+    TBSCertList: version v2, the ARK's signature AlgorithmIdentifier (RSASSA-PSS
+    SHA-384 / MGF1-SHA-384 / salt 48), issuer = the ARK's subject bytes,
+    thisUpdate, nextUpdate, the revoked entries (revocationDate = thisUpdate)
+    and, as in AMD's CRLs, a non-critical AuthorityKeyIdentifier and CRLNumber
+    (the thisUpdate second, so that later CRLs have larger numbers).
+    """
+    ark_key = _keys.rsa_key(seed, f"ark/{product.value}")
+    ark = AmdCertificate.from_der(_ca_der(seed, product, "ark"))
+    key_id = x509.SubjectKeyIdentifier.from_public_key(ark_key.public_key()).digest
+    extensions = _seq(
+        _seq(_OID_AUTHORITY_KEY_IDENTIFIER, _x509._tlv(der.OCTET_STRING, _seq(_x509._tlv(0x80, key_id)))),
+        _seq(_OID_CRL_NUMBER, _x509._tlv(der.OCTET_STRING, _x509.der_integer(int(this_update.timestamp())))),
+    )
+    fields = [
+        _x509.der_integer(1),  # v2
+        ark.signature_algorithm,
+        ark.subject_der,
+        _der_time(this_update),
+        _der_time(next_update),
+    ]
+    if revoked:
+        fields.append(_seq(*(_seq(_x509.der_integer(serial), _der_time(this_update)) for serial in revoked)))
+    fields.append(_x509._tlv(0xA0, extensions))  # [0] EXPLICIT crlExtensions
+    tbs = _seq(*fields)
+    signature = _keys.pss_sign_sha384(ark_key, tbs, seed)
+    return _seq(tbs, ark.signature_algorithm, _x509._tlv(der.BIT_STRING, b"\x00" + signature))
 
 
 def _leaf_key(
@@ -232,6 +288,43 @@ class SoftwarePlatform:
         raw = signed + signature + bytes(REPORT_SIZE - SIGNED_LENGTH - len(signature))
         certificates = MappingProxyType({**leaf, **ca, "ark": self.ca_der(product, "ark")})
         return SignedReport(raw=raw, certificates=certificates, fields=fields)
+
+    def crl(
+        self,
+        product: Product,
+        family: CrlFamily = "vcek",
+        *,
+        revoked: Iterable[int] = (),
+        this_update: _dt.datetime,
+        next_update: _dt.datetime,
+    ) -> bytes:
+        """The DER CRL that KDS would serve at ``crl_url(product, ...)``, listing ``revoked`` serials.
+
+        Signed by the product's test ARK with RSASSA-PSS SHA-384 (MGF1-SHA-384,
+        salt 48) and issued in its name, so it verifies only under this
+        platform's ARK, never under AMD's. As at AMD, the VCEK (ASK) and VLEK
+        (ASVK) lists have the same issuer; ``family`` says which list is meant
+        and does not change the bytes. Serial 0, which every AMD VCEK has, can
+        be listed. Times are kept to the second.
+        """
+        if family not in ("vcek", "vlek"):
+            raise ValueError(f"family: expected 'vcek' or 'vlek', got {family!r}")
+        if not isinstance(product, Product):
+            raise ValueError(f"product: expected a Product, got {product!r}")
+        listed = tuple(revoked)
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in listed):
+            raise ValueError(f"revoked: expected non-negative integer serials, got {listed!r}")
+        serials = tuple(sorted(set(listed)))
+        times = []
+        for label, when in (("this_update", this_update), ("next_update", next_update)):
+            if when.tzinfo is None:
+                raise ValueError(f"{label}: expected a timezone-aware datetime")
+            times.append(when.astimezone(_dt.timezone.utc).replace(microsecond=0))
+        start, end = times
+        if end <= start:
+            raise ValueError(f"next_update: expected after this_update ({start.isoformat()}), "
+                             f"got {end.isoformat()}")
+        return _crl_der(self.seed, product, serials, start, end)
 
     @staticmethod
     def _hwid(product: Product, chip_id: bytes) -> bytes:
