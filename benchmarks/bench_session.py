@@ -1,0 +1,169 @@
+"""How much does attestation cost a requests user? SecureSession vs requests.Session, side by side.
+
+Run on demand (not part of the test suite)::
+
+    python benchmarks/bench_session.py [--requests 400] [--firsts 60]
+
+Both clients talk to the same local TLS app: a simulated enclave
+(``blindbox.testing.EnclaveServer`` with live evidence and its echo app) in a
+separate process, so the server does not share the client's GIL. Measured in
+the same run, interleaved (one secure, one plain, ...), medians reported:
+
+* steady state: ``GET /echo`` on a session whose connection is open
+  (SecureSession vs ``requests.Session``), target ratio <= 1.10x;
+* first request: a new SecureSession (TCP + TLS + evidence over the same
+  connection + verification + pin) and its first ``GET /echo``, vs a new
+  ``requests.Session`` making its first verified HTTPS request (TCP + TLS with
+  certificate verification against a CA file holding the server's
+  certificate), target ratio <= 2.0x;
+* the evidence exchange alone, and one-off cold numbers (first ever session
+  in this process, with empty verification caches).
+
+Both sessions keep requests' defaults (``trust_env`` on; ``REQUESTS_CA_BUNDLE``
+and ``CURL_CA_BUNDLE`` are removed from this process's environment, since
+requests would let them replace the plain client's ``verify=``).
+
+The fixture server sets TCP_NODELAY on its sockets: without it, Nagle's
+algorithm on the server's two writes (headers, body) meets the client's delayed
+ACK and every response takes about 40 ms for both clients alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+import requests
+import urllib3
+
+import blindbox.requests as br
+
+TARGET_STEADY = 1.10
+TARGET_FIRST = 2.0
+
+
+def _serve(conn: Connection) -> None:
+    from blindbox.testing.evidence import LiveEvidence
+    from blindbox.testing.server import EnclaveServer
+
+    server = EnclaveServer(evidence=LiveEvidence.create())
+    server.start()
+    server.source.evidence(spki_der=server.identity.spki_der, nonce=None, faults=frozenset())  # warm keys
+    conn.send((server.address, server.measurement, server.roots_pem, server.identity.cert_pem))
+    conn.recv()
+    server.stop()
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=400, help="steady-state requests per client")
+    parser.add_argument("--firsts", type=int, default=60, help="first requests (new sessions) per client")
+    args = parser.parse_args()
+    # Both clients keep requests' defaults (trust_env on). A CA bundle in the environment would
+    # replace the plain client's verify= (requests gives it precedence), so it is removed here.
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        os.environ.pop(name, None)
+
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.Process(target=_serve, args=(child,), daemon=True)
+    process.start()
+    address, measurement, roots, cert_pem = parent.recv()
+    url = f"https://{address}"
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as handle:
+        handle.write(cert_pem)
+        ca_file = handle.name
+
+    def plain_session() -> requests.Session:
+        session = requests.Session()
+        session.verify = ca_file  # a real certificate verification, as a plain HTTPS client does
+        return session
+
+    def secure_session() -> br.SecureSession:
+        return br.SecureSession(address, measurements=[measurement], roots=roots)
+
+    try:
+        # Cold: the first SecureSession of this process (empty parse/verification caches).
+        cold_secure = _time(lambda: secure_session().get("/echo"))
+        cold_plain = _time(lambda: plain_session().get(url + "/echo"))
+
+        # Steady state, interleaved.
+        secure, plain = secure_session(), plain_session()
+        for _ in range(20):
+            secure.get("/echo")
+            plain.get(url + "/echo")
+        steady_secure, steady_plain = [], []
+        for _ in range(args.requests):
+            steady_secure.append(_time(lambda: secure.get("/echo")))
+            steady_plain.append(_time(lambda: plain.get(url + "/echo")))
+        assert len(secure.attestations) == 1
+
+        # First request including attestation vs a plain first HTTPS request, interleaved.
+        first_secure, first_plain = [], []
+
+        def one_secure() -> None:
+            with secure_session() as session:
+                session.get("/echo")
+
+        def one_plain() -> None:
+            with plain_session() as session:
+                session.get(url + "/echo")
+
+        for _ in range(args.firsts):
+            first_secure.append(_time(one_secure))
+            first_plain.append(_time(one_plain))
+
+        # Construction alone (TCP + TLS + evidence + verification), no request.
+        attest_only = [_time(lambda: secure_session().close()) for _ in range(args.firsts)]
+    finally:
+        parent.send("stop")
+        process.join(timeout=10)
+        os.unlink(ca_file)
+
+    med = statistics.median
+    steady_ratio = med(steady_secure) / med(steady_plain)
+    first_ratio = med(first_secure) / med(first_plain)
+    rows = [
+        ("steady state: SecureSession GET", med(steady_secure)),
+        ("steady state: requests.Session GET", med(steady_plain)),
+        ("first request: new SecureSession + GET (attestation included)", med(first_secure)),
+        ("first request: new requests.Session + GET (verified TLS)", med(first_plain)),
+        ("SecureSession construction alone (connect + attest)", med(attest_only)),
+        ("cold: first SecureSession + GET in this process", cold_secure),
+        ("cold: first requests.Session + GET in this process", cold_plain),
+    ]
+    print(f"Python {platform.python_version()}, requests {requests.__version__}, urllib3 "
+          f"{urllib3.__version__}, {os.cpu_count()} CPUs, {platform.machine()} {platform.system()}")
+    print(f"{args.requests} steady requests and {args.firsts} first requests per client, medians\n")
+    print("| measurement | median |")
+    print("|---|---:|")
+    for name, value in rows:
+        print(f"| {name} | {_fmt(value)} |")
+    verdict_steady = "met" if steady_ratio <= TARGET_STEADY else "NOT met"
+    verdict_first = "met" if first_ratio <= TARGET_FIRST else "NOT met"
+    print(f"| **steady-state ratio** | **{steady_ratio:.2f}x** (target <= {TARGET_STEADY:.2f}x: "
+          f"{verdict_steady}) |")
+    print(f"| **first-request ratio** | **{first_ratio:.2f}x** (target <= {TARGET_FIRST:.1f}x: "
+          f"{verdict_first}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The attested HTTPS connection: attestation is part of establishing the connection.
+
+``connect()`` completes TCP (through a CONNECT tunnel when proxied) and a TLS
+handshake without WebPKI trust, reads the leaf certificate's SPKI, and, unless
+the session already pinned that key, fetches and verifies evidence on that
+same connection. Only then does it return, so urllib3 writes the user's
+request only to an attested key. Pool settings (``verify=``, CA bundles,
+fingerprints) are overridden: the pin is the only trust decision.
+
+An attestation failure leaves ``connect()`` as :class:`AttestationAbort`, a
+``BaseException`` that urllib3's retry and wrapping logic does not catch, so it
+is never retried and reaches the adapter with its exact type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+from typing import Any, ClassVar, cast
+
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError
+
+from blindbox.attest.binding import spki_of_certificate
+from blindbox.attest.evidence import EVIDENCE_PATH
+from blindbox.attest.verifier import Attestation
+from blindbox.errors import AttestationError, ConfigurationError, NotAnEnclaveError, OriginRefusedError
+from blindbox.requests.attestor import Attestor
+from blindbox.requests.exchange import ExchangeTimeout, fetch_evidence
+from blindbox.requests.origin import HTTPS_PORT, Origin
+
+log = logging.getLogger("blindbox.requests")
+
+#: New connections tried within one connect() when the server closes after serving evidence.
+MAX_CONNECT_ATTEMPTS = 3
+
+
+class AttestationAbort(BaseException):
+    """Carries an :class:`AttestationError` out of urllib3 unretried and unwrapped."""
+
+    def __init__(self, error: AttestationError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class AttestedHTTPSConnection(HTTPSConnection):
+    """An HTTPS connection that is usable only once its TLS key is attested for the session."""
+
+    attestor: ClassVar[Attestor | None] = None
+
+    def connect(self) -> None:
+        attestor = self.attestor
+        if attestor is None:
+            raise ConfigurationError("AttestedHTTPSConnection used without a session (no attestor)")
+        if self.proxy_is_forwarding:
+            raise AttestationAbort(OriginRefusedError(
+                "proxy: a forwarding proxy terminates TLS itself; only CONNECT tunnels keep the TLS "
+                "session end to end with the enclave"
+            ))
+        self._disable_webpki(attestor)
+        for _ in range(MAX_CONNECT_ATTEMPTS):
+            try:
+                super().connect()
+            except BaseException as exc:
+                # Never leave a half-open (possibly plaintext) socket behind, but keep what urllib3
+                # reads to classify the error (proxy reached or not), as for a plain connection.
+                reached_proxy = self._has_connected_to_proxy
+                self.close()
+                self._has_connected_to_proxy = reached_proxy
+                log.warning("connection to %s failed before attestation: %s: %s",
+                            self._target(), type(exc).__name__, exc)
+                raise
+            try:
+                usable = self._check_or_attest(attestor)
+            except BaseException:
+                self.close()
+                raise
+            if usable:
+                # The pin is the verification; this also keeps urllib3 from warning.
+                self.is_verified = True
+                return
+            log.debug("%s closed the connection after serving evidence; reconnecting", self._target())
+            self._close_for_reconnect()
+        error = NotAnEnclaveError(
+            f"evidence: {self._target()} closed the connection after each of {MAX_CONNECT_ATTEMPTS} "
+            "evidence responses, so no request could be sent on an attested connection"
+        )
+        log.warning("attestation of %s failed: %s", self._target(), error)
+        raise AttestationAbort(error)
+
+    def _close_for_reconnect(self) -> None:
+        """Close the socket but keep the CONNECT tunnel settings, which ``close()`` forgets."""
+        host, port, scheme = self._tunnel_host, self._tunnel_port, self._tunnel_scheme
+        headers: dict[str, str] = dict(getattr(self, "_tunnel_headers", {}))
+        self.close()
+        if host is not None:
+            self.set_tunnel(host, port, headers=headers, scheme=scheme or "http")
+
+    def _disable_webpki(self, attestor: Attestor) -> None:
+        """Whatever the pool was given, trust comes only from attestation."""
+        if not attestor.owns(self.ssl_context):
+            self.ssl_context = attestor.context
+        self.cert_reqs = ssl.CERT_NONE
+        self.ca_certs = self.ca_cert_dir = self.ca_cert_data = None
+        self.cert_file = self.key_file = self.key_password = None  # client certs live in the context
+        self.assert_fingerprint = None
+        self.assert_hostname = False
+
+    def _target(self) -> str:
+        host = self._tunnel_host if self._tunnel_host is not None else self.host
+        port = self._tunnel_port if self._tunnel_host is not None else self.port
+        return Origin(host=host, port=port or HTTPS_PORT).host_header
+
+    def _deadline(self, attestor: Attestor) -> float:
+        timeout: Any = self.timeout
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+            return float(timeout)
+        return attestor.timeout
+
+    def _check_or_attest(self, attestor: Attestor) -> bool:
+        """Pin check, or attestation on this connection. False: the server closed it afterwards."""
+        target = self._target()
+        sock = cast(ssl.SSLSocket, self.sock)
+        cert_der = sock.getpeercert(binary_form=True)
+        try:
+            if not cert_der:
+                raise NotAnEnclaveError("TLS: the server presented no certificate")
+            spki_der = spki_of_certificate(cert_der)
+        except AttestationError as exc:
+            log.warning("attestation of %s failed: %s", target, exc)
+            raise AttestationAbort(exc) from exc
+        spki_hex = hashlib.sha256(spki_der).hexdigest()
+        if attestor.pinned(spki_der) is not None:
+            log.debug("%s: TLS key %s... is already attested for this session", target, spki_hex[:16])
+            return True
+        timeout = self._deadline(attestor)
+        keep_alive = True
+
+        def attest() -> Attestation:
+            nonlocal keep_alive
+            attestation, keep_alive = self._attest(attestor, sock, target, spki_der, timeout)
+            return attestation
+
+        try:
+            attestation, fresh = attestor.attest_once(spki_der, attest, timeout=timeout)
+        except AttestationError as exc:
+            log.warning("attestation of %s failed: %s: %s", target, type(exc).__name__, exc)
+            raise AttestationAbort(exc) from exc
+        except (ExchangeTimeout, TimeoutError) as exc:
+            log.warning("attestation of %s timed out: %s", target, exc)
+            raise ConnectTimeoutError(
+                self, f"Connection to {target} timed out during attestation (timeout={timeout:g})"
+            ) from exc
+        if fresh:
+            log.debug("%s: attested and pinned TLS key %s... (measurement %s)",
+                      target, spki_hex[:16], attestation.measurement)
+        return keep_alive
+
+    def _attest(self, attestor: Attestor, sock: ssl.SSLSocket, target: str, spki_der: bytes,
+                timeout: float) -> tuple[Attestation, bool]:
+        """Fetch evidence on ``sock`` and verify it: (attestation, whether the server keeps the socket)."""
+        nonce = attestor.new_nonce()
+        log.debug("%s: new TLS key %s..., fetching evidence (GET %s, %s)", target,
+                  hashlib.sha256(spki_der).hexdigest()[:16], EVIDENCE_PATH,
+                  "fresh nonce" if nonce is not None else "no nonce")
+        previous_timeout = sock.gettimeout()
+        try:
+            response = fetch_evidence(sock, host=target, nonce=nonce, timeout=timeout)
+        except OSError as exc:
+            raise NotAnEnclaveError(
+                f"evidence: the connection to {target} failed during the evidence exchange ({exc})"
+            ) from exc
+        sock.settimeout(previous_timeout)
+        log.debug("%s: received %d bytes of evidence; verifying", target, response.size)
+        attestation = attestor.verify(response.evidence, spki_der=spki_der, nonce=nonce)
+        return attestation, response.keep_alive
+
+
+def attested_pool_class(attestor: Attestor) -> type[HTTPSConnectionPool]:
+    """A pool class whose connections attest for ``attestor``'s session (one class per session)."""
+    connection_cls = type("AttestedHTTPSConnection", (AttestedHTTPSConnection,), {"attestor": attestor})
+    pool_cls = type("AttestedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": connection_cls})
+    return cast(type[HTTPSConnectionPool], pool_cls)

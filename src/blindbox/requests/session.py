@@ -1,0 +1,173 @@
+"""SecureSession: a ``requests.Session`` that only talks to one attested enclave origin."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, ClassVar
+
+import requests
+from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, BaseAdapter, HTTPAdapter
+from requests.models import PreparedRequest, Request, Response
+
+from blindbox.attest.verifier import Attestation
+from blindbox.errors import ConfigurationError, OriginRefusedError
+from blindbox.requests.adapter import AttestedAdapter
+from blindbox.requests.attestor import Attestor
+from blindbox.requests.config import (
+    DEFAULT_TIMEOUT,
+    Measurements,
+    Roots,
+    build_policy,
+    build_roots,
+    check_timeout,
+)
+from blindbox.requests.origin import Origin
+
+log = logging.getLogger("blindbox.requests")
+
+
+class SecureSession(requests.Session):
+    """A ``requests.Session`` whose every byte goes to an attested SEV-SNP enclave at ``addr``.
+
+    Construction connects and attests eagerly, raising
+    :class:`~blindbox.errors.NotAnEnclaveError`,
+    :class:`~blindbox.errors.InvalidEnclaveCode` (or another
+    :class:`~blindbox.errors.AttestationError`) when the server is not an
+    enclave the caller accepts. Afterwards every new connection's TLS key must
+    be one attested in this session (a new key is attested on its own
+    connection first). Paths are relative to ``addr``; other origins, plain
+    HTTP and cross-origin redirects raise
+    :class:`~blindbox.errors.OriginRefusedError` before anything is sent.
+
+    ``measurements``: accepted launch measurements (hex). ``roots``: PEM
+    text/bytes or a path whose ARKs replace AMD's pinned roots. ``nonce=False``
+    for recorded evidence that cannot answer a fresh nonce. ``timeout``:
+    seconds allowed for an attestation exchange when a request gives no
+    connect timeout (and for the eager one). ``**policy``:
+    :class:`~blindbox.attest.policy.AttestationPolicy` fields such as
+    ``debug=Rule.ANY``.
+    """
+
+    _caller: ClassVar[str] = "SecureSession"
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        measurements: Measurements | None = None,
+        roots: Roots | None = None,
+        nonce: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        **policy: Any,
+    ) -> None:
+        attestation_policy = build_policy(measurements, policy, caller=self._caller)
+        origin = Origin.parse(addr)
+        attestor = Attestor(attestation_policy, build_roots(roots), nonce=bool(nonce),
+                            timeout=check_timeout(timeout))
+        self._attestor: Attestor | None = None  # requests' default adapters are never mounted
+        super().__init__()
+        self._origin = origin
+        self._attestor = attestor
+        self._adapter = AttestedAdapter(origin, attestor)
+        self.adapters.clear()
+        self.mount("https://", self._adapter)
+        self.mount("http://", self._adapter)  # so plain-HTTP URLs are refused, never sent
+        log.debug("SecureSession for %s: %d accepted measurement(s), %s roots, nonce %s",
+                  origin.url, len(attestation_policy.measurements),
+                  "AMD" if roots is None else "caller-supplied", "on" if nonce else "off")
+        try:
+            self._attest_origin()
+        except BaseException:
+            self.close()
+            raise
+
+    def _attest_origin(self) -> None:
+        """Connect to the origin and attest it now, without sending any request."""
+        settings = self.merge_environment_settings(self._origin.url, {}, None, None, None)
+        self._adapter.connect_origin(settings["proxies"], self._adapter.attestor.timeout)
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("a SecureSession cannot be pickled: its pins belong to this process's connections")
+
+    # -- what was verified ------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """The attested origin, ``https://host[:port]``."""
+        return self._origin.url
+
+    @property
+    def attestation(self) -> Attestation | None:
+        """What was verified about the enclave (the first attested TLS key), for display and audit."""
+        found = self._adapter.attestor.attestations
+        return found[0] if found else None
+
+    @property
+    def attestations(self) -> tuple[Attestation, ...]:
+        """One attestation per distinct TLS key met (several replicas behind one address)."""
+        return self._adapter.attestor.attestations
+
+    # -- requests.Session overrides ---------------------------------------------------------------
+    def prepare_request(self, request: Request) -> PreparedRequest:
+        """Paths and relative references resolve against the attested origin."""
+        if request.url is not None:
+            resolved = self._origin.resolve(request.url)
+            if resolved != request.url:
+                request = copy.copy(request)
+                request.url = resolved
+        return super().prepare_request(request)
+
+    def send(self, request: PreparedRequest, **kwargs: Any) -> Response:
+        """Send on an attested connection; any URL off the origin is refused first."""
+        try:
+            self._origin.check(request.url)
+        except OriginRefusedError as exc:
+            exc.request = request
+            log.warning("refused %s: %s", request.method, exc)
+            raise
+        return super().send(request, **kwargs)
+
+    def get_adapter(self, url: str) -> BaseAdapter:
+        adapter = super().get_adapter(url)
+        if not isinstance(adapter, AttestedAdapter) or adapter.attestor is not self._attestor:
+            raise ConfigurationError(
+                f"the adapter for {url!r} is not this SecureSession's attested adapter; "
+                "SecureSession sends only over attested connections"
+            )
+        return adapter
+
+    def mount(self, prefix: str | bytes, adapter: BaseAdapter) -> None:
+        """Only attested adapters of this session are mounted.
+
+        A plain ``requests.adapters.HTTPAdapter`` (the usual way to set retries
+        and pool sizes) is replaced by an attested adapter with the same
+        settings; any other adapter class is refused, since it could send data
+        without attestation.
+        """
+        if self._attestor is None:
+            return  # requests.Session.__init__ mounting its plain adapters: skipped
+        if type(adapter) is HTTPAdapter:
+            adapter = self._adopt(adapter)
+        if not isinstance(adapter, AttestedAdapter) or adapter.attestor is not self._attestor:
+            raise ConfigurationError(
+                f"cannot mount {type(adapter).__name__} on a SecureSession: it could send data "
+                "without attestation. Mount a plain HTTPAdapter (its retries and pool sizes are "
+                "kept) or set them on session.get_adapter(session.base_url)"
+            )
+        super().mount(prefix, adapter)
+
+    def _adopt(self, plain: HTTPAdapter) -> AttestedAdapter:
+        """An attested adapter with a plain HTTPAdapter's retries and pool settings."""
+        attestor = self._attestor
+        if attestor is None:
+            raise ConfigurationError("SecureSession is not initialised")
+        adopted = AttestedAdapter(
+            self._origin, attestor,
+            pool_connections=getattr(plain, "_pool_connections", DEFAULT_POOLSIZE),
+            pool_maxsize=getattr(plain, "_pool_maxsize", DEFAULT_POOLSIZE),
+            max_retries=plain.max_retries,
+            pool_block=getattr(plain, "_pool_block", DEFAULT_POOLBLOCK),
+        )
+        plain.close()
+        log.debug("mounted an attested adapter with the given HTTPAdapter's settings")
+        return adopted
