@@ -34,6 +34,10 @@ class PolicyViolationError(AttestationError):
     """A platform or report field fails the appraisal policy (TCB, VMPL, platform info...)."""
 
 
+class TcbTooLowError(PolicyViolationError):
+    """The platform's TCB or firmware is below a minimum the appraisal policy requires."""
+
+
 class PolicyMismatchError(AttestationError):
     """The enclave's data-owner policy document does not meet the caller's requirements."""
 
@@ -46,14 +50,30 @@ class ConfigurationError(ValueError):
     """The caller's configuration cannot give a secure result (e.g. no expected measurement)."""
 
 
+class OutdatedTcbWarning(UserWarning):
+    """An accepted enclave runs below the TCB that AMD's security bulletins name as fixed."""
+
+
+class MeasurementError(ConfigurationError):
+    """Measurement inputs that cannot give a trustworthy SEV-SNP digest (e.g. OVMF without SNP metadata)."""
+
+
+class ManifestError(ConfigurationError):
+    """An enclave manifest is malformed, unsigned when a publisher key is pinned, or badly signed."""
+
+
 __all__ = [
     "AttestationError",
     "BindingMismatchError",
     "ConfigurationError",
     "InsecureGuestPolicyError",
     "InvalidEnclaveCode",
+    "ManifestError",
+    "MeasurementError",
     "NotAnEnclaveError",
     "OriginRefusedError",
+    "OutdatedTcbWarning",
     "PolicyMismatchError",
     "PolicyViolationError",
+    "TcbTooLowError",
 ]

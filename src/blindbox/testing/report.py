@@ -29,11 +29,11 @@ DEFAULT_CPUID: dict[Product, Cpuid] = {
     Product.GENOA: Cpuid(0x19, 0x11, 1),
     Product.TURIN: Cpuid(0x1A, 0x02, 1),
 }
-#: A recent genuine TCB of each product line, used when none is given.
+#: A TCB of each product line that meets blindbox.snp.bulletins' AMD-recommended table.
 DEFAULT_TCB: dict[Product, TcbVersion] = {
     Product.MILAN: TcbVersion.from_components(bootloader=4, tee=0, snp=27, microcode=222),
-    Product.GENOA: TcbVersion.from_components(bootloader=10, tee=0, snp=25, microcode=84),
-    Product.TURIN: TcbVersion.from_components(fmc=0, bootloader=1, tee=0, snp=2, microcode=71),
+    Product.GENOA: TcbVersion.from_components(bootloader=10, tee=0, snp=27, microcode=86),
+    Product.TURIN: TcbVersion.from_components(fmc=0, bootloader=1, tee=0, snp=4, microcode=81),
 }
 DEFAULT_FIRMWARE = FirmwareVersion(1, 55, 43)
 #: POLICY 0x3001F: ABI 0.31, SMT allowed, reserved bit 17 set, no debug, no migration agent.
