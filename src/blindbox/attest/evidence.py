@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from blindbox.attest import strict_json
 from blindbox.errors import NotAnEnclaveError
 from blindbox.snp.report import REPORT_SIZE
 
@@ -55,7 +56,7 @@ class Evidence:
                 f"evidence: expected at most {MAX_EVIDENCE_BYTES} bytes, found {len(body)}"
             )
         try:
-            doc = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
+            doc = strict_json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise NotAnEnclaveError(f"evidence: expected a JSON object, found invalid JSON ({exc})") from None
         if not isinstance(doc, dict):
@@ -91,14 +92,6 @@ class Evidence:
         policy = None if raw_policy is None else _b64(raw_policy, "policy")
         return cls(report=report, certificates=certificates, policy=policy)
 
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate member {key!r}")
-        out[key] = value
-    return out
 
 
 def _require(doc: dict[str, Any], name: str) -> Any:

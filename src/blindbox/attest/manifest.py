@@ -15,7 +15,6 @@ security document and is never read partially.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from blindbox.attest import strict_json
 from blindbox.attest.measure import Measurement
 from blindbox.attest.owner_policy import PolicyRequirements, check_host
 from blindbox.attest.policy import AttestationPolicy
@@ -121,7 +121,7 @@ class Manifest:
             )
         try:
             text = raw.decode("utf-8")
-            doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+            doc = strict_json.loads(text)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ManifestError(f"$: expected a UTF-8 JSON object, found invalid JSON ({exc})") from None
         return _from_document(doc, sha256=hashlib.sha256(raw).hexdigest(), signed=publisher_key is not None)
@@ -532,14 +532,3 @@ def _describe(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate member {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")

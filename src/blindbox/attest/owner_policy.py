@@ -21,6 +21,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from blindbox.attest import strict_json
 from blindbox.errors import ConfigurationError, PolicyMismatchError
 
 POLICY_VERSION = 1
@@ -218,11 +219,7 @@ class OwnerPolicy:
         if len(data) > MAX_POLICY_BYTES:
             raise ConfigurationError(f"policy: expected at most {MAX_POLICY_BYTES} bytes, found {len(data)}")
         try:
-            doc = json.loads(
-                data.decode("utf-8"),
-                object_pairs_hook=_no_duplicates,
-                parse_constant=_no_constant,
-            )
+            doc = strict_json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ConfigurationError(f"policy: expected a JSON object, found invalid JSON ({exc})") from None
         return _from_document(doc)
@@ -289,17 +286,6 @@ def _members(value: object, where: str, names: tuple[str, ...]) -> dict[str, Any
     return value
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate member {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _show(value: object) -> str:
