@@ -44,7 +44,8 @@ def table(rows: Mapping[str, str]) -> str:
 
 
 def _refusal(out: TextIO, title: str, server: EnclaveServer, measurement: str,
-             expected: type[AttestationError]) -> bool:
+             expected: type[AttestationError], data: bytes = CONFIDENTIAL_NOTE.encode()) -> bool:
+    """Show that SecureSession refuses ``server`` and that none of ``data`` reached it."""
     from blindbox.requests import SecureSession
 
     print(f"\n{title}", file=out)
@@ -52,7 +53,7 @@ def _refusal(out: TextIO, title: str, server: EnclaveServer, measurement: str,
         SecureSession(server.address, measurements=[measurement], roots=server.roots_pem)
     except expected as exc:
         print(f"  refused: {type(exc).__name__}: {exc}", file=out)
-        sent = CONFIDENTIAL_NOTE.encode() in server.raw_bytes_received()
+        sent = data in server.raw_bytes_received()
         print(f"  bytes of your data the server received: {'SOME' if sent else 'none'}", file=out)
         return not sent and not server.received
     print(f"  UNEXPECTED: the session was accepted (expected {expected.__name__})", file=out)
