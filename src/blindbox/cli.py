@@ -3,7 +3,7 @@
 Each subcommand is a pair of functions: ``_add_<name>`` declares its arguments
 and ``_cmd_<name>`` runs it and returns the exit status. Exit statuses:
 0 success, 1 the evidence is not genuine (the error class and message go to
-stderr), 2 usage error or unreadable input.
+stderr) or, for ``attest``, any check failed, 2 usage error or unreadable input.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import argparse
 import datetime as _dt
 import importlib
 import json
+import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +28,10 @@ from blindbox.snp.report import AttestationReport
 from blindbox.snp.verify import CertificateInput, verify_report
 
 if TYPE_CHECKING:
+    from blindbox.attest.evidence import Evidence
+    from blindbox.attest.verifier import Assessment
+    from blindbox.requests.attestor import Attestor
+    from blindbox.requests.origin import Origin
     from blindbox.snp.verify import KdsSource
 
 EXIT_OK = 0
@@ -165,6 +171,173 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_attest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "attest",
+        help="attest a live server and show every check with what was expected and found",
+        description=(
+            "Connect to URL over TLS (no WebPKI: the key is trusted only if the evidence binds it), "
+            "fetch its protocol v1 evidence on that connection with a fresh nonce, and run every check "
+            "a SecureSession runs: genuine SEV-SNP evidence, the binding to this TLS key and nonce, the "
+            "appraisal policy (from --measurement or --manifest, else the manifest named by "
+            "BLINDBOX_MANIFEST) and the data-owner policy requirements. Each check is printed with its "
+            "verdict; when the evidence is not genuine the others are listed as not evaluated."
+        ),
+        epilog="exit status: 0 every check passed (warnings allowed), 1 a check failed or the server "
+               "could not be reached, 2 usage error or unreadable input",
+    )
+    parser.add_argument("url", metavar="URL", help="the server: https://host[:port] or host[:port]")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--manifest", metavar="FILE_OR_URL",
+                        help="the enclave's manifest (a path or an https:// URL)")
+    source.add_argument("--measurement", action="append", metavar="HEX",
+                        help="an accepted launch measurement (96 hex characters); repeat for several")
+    parser.add_argument("--manifest-signature", metavar="FILE_OR_URL",
+                        help="detached signature of the manifest (needs --publisher-key)")
+    parser.add_argument("--publisher-key", metavar="PEM",
+                        help="the manifest publisher's public key (PEM file) the signature must verify under")
+    parser.add_argument("--roots", metavar="PEM",
+                        help="trust these roots INSTEAD of AMD's (e.g. a SIMULATED fixture's roots.pem)")
+    parser.add_argument("--no-nonce", action="store_true",
+                        help="send no nonce (recorded evidence cannot answer one; replay is then possible)")
+    parser.add_argument("--expected-policy", metavar="DIGEST",
+                        help="the data-owner policy's SHA-256 (64 hex) the server must serve")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="connection and evidence exchange timeout")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(handler=_cmd_attest)
+
+
+_VERDICT_LABELS = {"pass": "pass", "warn": "WARN", "fail": "FAIL"}
+
+
+def _cmd_attest(args: argparse.Namespace) -> int:
+    from blindbox.requests.attestor import Attestor
+    from blindbox.requests.config import MANIFEST_ENV, build_expectations, build_roots, check_timeout
+    from blindbox.requests.exchange import ExchangeTimeout
+    from blindbox.requests.origin import Origin
+
+    try:
+        named = os.environ.get(MANIFEST_ENV, "").strip()
+        if args.measurement is None and args.manifest is None and not named:
+            raise _UsageError(
+                "no expected launch measurement: pass --measurement HEX (repeatable) or --manifest "
+                f"FILE_OR_URL, or set {MANIFEST_ENV} to a manifest's path or https:// URL"
+            )
+        origin = Origin.parse(args.url)
+        timeout = check_timeout(args.timeout)
+        key = _read_input(args.publisher_key, _MAX_INPUT, "publisher key") if args.publisher_key else None
+        roots = build_roots(_read_input(args.roots, _MAX_INPUT, "roots")) if args.roots else None
+        expectations = build_expectations(
+            measurements=args.measurement, manifest=args.manifest, manifest_signature=args.manifest_signature,
+            publisher_key=key, expected_policy=args.expected_policy, policy={}, caller="blindbox attest",
+            timeout=timeout,
+        )
+    except (_UsageError, ConfigurationError, AttestationError) as exc:
+        print(f"blindbox attest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    attestor = Attestor(expectations.policy, roots, nonce=not args.no_nonce, timeout=timeout,
+                        requirements=expectations.requirements)
+    header: dict[str, Any] = {
+        "url": origin.url,
+        "roots": {"amd": roots is None, "source": args.roots},
+        "manifest": None if expectations.manifest is None else {
+            "name": expectations.manifest.name, "version": expectations.manifest.version,
+            "sha256": expectations.manifest.sha256, "signed": expectations.manifest.signed,
+        },
+    }
+    try:
+        spki_der, nonce, evidence = _fetch_live_evidence(origin, attestor, timeout)
+    except (OSError, ExchangeTimeout) as exc:
+        message = f"cannot attest {origin.url}: {type(exc).__name__}: {exc}"
+        print(f"blindbox attest: {message}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({**header, "nonce": None, "checks": [], "passed": False, "attestation": None,
+                              "error": message}, indent=2))
+        return EXIT_NOT_GENUINE
+    assessment = attestor.assess(evidence, spki_der=spki_der, nonce=nonce)
+    if args.json:
+        print(json.dumps({**header, "nonce": nonce.hex() if nonce is not None else None,
+                          "checks": assessment.to_dict(), "passed": assessment.passed,
+                          "attestation": assessment.summary()}, indent=2))
+    else:
+        _print_assessment(header, nonce, assessment)
+    return EXIT_OK if assessment.passed else EXIT_NOT_GENUINE
+
+
+def _fetch_live_evidence(origin: Origin, attestor: Attestor, timeout: float,
+                         ) -> tuple[bytes | None, bytes | None, Evidence | NotAnEnclaveError]:
+    """(SPKI, nonce sent, evidence or why there is none) from one TLS connection trusted by nobody yet.
+
+    Raises OSError/ExchangeTimeout when the server cannot be reached or stops answering.
+    """
+    from blindbox.attest.binding import spki_of_certificate
+    from blindbox.requests.exchange import fetch_evidence
+
+    nonce = attestor.new_nonce()
+    with socket.create_connection((origin.host, origin.port), timeout=timeout) as raw, \
+            attestor.context.wrap_socket(raw, server_hostname=origin.host) as sock:
+        cert_der = sock.getpeercert(binary_form=True)
+        try:
+            if not cert_der:
+                raise NotAnEnclaveError("TLS: the server presented no certificate")
+            spki_der = spki_of_certificate(cert_der)
+        except NotAnEnclaveError as exc:
+            return None, nonce, exc
+        try:
+            response = fetch_evidence(sock, host=origin.host_header, nonce=nonce, timeout=timeout)
+        except NotAnEnclaveError as exc:
+            return spki_der, nonce, exc
+        return spki_der, nonce, response.evidence
+
+
+def _print_assessment(header: dict[str, Any], nonce: bytes | None, assessment: Assessment) -> None:
+    from blindbox.attest.verifier import NOT_EVALUATED
+
+    out = sys.stdout
+    print(f"blindbox attest {header['url']}", file=out)
+    if header["roots"]["amd"]:
+        print("roots: AMD's pinned roots", file=out)
+    else:
+        print(f"roots: {header['roots']['source']} -- NOT AMD's: a pass shows only that these roots vouch "
+              "for the evidence (e.g. a SIMULATED fixture), not that AMD hardware produced it", file=out)
+    manifest = header["manifest"]
+    if manifest is not None:
+        print(f"manifest: {manifest['name']} {manifest['version']} (sha256 {manifest['sha256'] or 'n/a'}, "
+              f"{'signature verified' if manifest['signed'] else 'unsigned'})", file=out)
+    print(f"nonce: {nonce.hex() if nonce is not None else 'none (replayed evidence would pass)'}", file=out)
+    rows = assessment.verdicts()
+    width = max(len("CHECK"), *(len(check.name) for check, _ in rows))
+    labels = [_VERDICT_LABELS.get(verdict, verdict) for _, verdict in rows]
+    label_width = max(len("VERDICT"), *(len(label) for label in labels))
+    indent = " " * (label_width + width + 4)
+    print(f"\n{'VERDICT':<{label_width}}  {'CHECK':<{width}}  EXPECTED / FOUND", file=out)
+    for (check, verdict), label in zip(rows, labels, strict=True):
+        print(f"{label:<{label_width}}  {check.name:<{width}}  expected  {check.expected}", file=out)
+        if verdict != NOT_EVALUATED:
+            print(f"{indent}found     {check.found}", file=out)
+        if verdict == "fail" and check.reason:
+            print(f"{indent}why       {check.reason}", file=out)
+        if verdict == "warn" and check.warning:
+            print(f"{indent}warning   {check.warning}", file=out)
+    summary = assessment.summary()
+    if summary is not None:
+        print("\nattestation:", file=out)
+        key_width = max(len(key) for key in summary)
+        for key, value in summary.items():
+            print(f"  {key:<{key_width}}  {value}", file=out)
+    failed = [check.name for check in assessment.failures]
+    skipped = len(rows) - assessment.evaluated
+    warned = sum(verdict == "warn" for _, verdict in rows)
+    if assessment.passed:
+        result = f"PASS: all {len(rows)} checks passed" + (f" ({warned} with a warning)" if warned else "")
+    else:
+        result = f"FAIL: {len(failed)} of {len(rows)} checks failed ({', '.join(failed)})"
+        if skipped:
+            result += f", {skipped} not evaluated"
+    print(f"\nresult: {result}", file=out)
+
+
 def _load_app(spec: str) -> Any:
     """Import ``module:attr`` (a WSGI app) for ``fixture serve --app``."""
     module_name, _, attr = spec.partition(":")
@@ -175,6 +348,51 @@ def _load_app(spec: str) -> Any:
         return getattr(module, attr)
     except (ImportError, AttributeError) as exc:
         raise _UsageError(f"--app {spec!r}: {exc}") from None
+
+
+def _add_measure(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "measure",
+        help="compute the SEV-SNP launch measurement of a guest image (sev-snp-measure)",
+        description=(
+            "Compute the launch digest an SEV-SNP guest will report, from its OVMF (and optional "
+            "direct-boot kernel, initrd and command line). An OVMF without SEV-SNP metadata is "
+            "refused. --manifest writes a manifest measurement entry recording every input."
+        ),
+        epilog="exit status: 0 measured, 2 usage error or unmeasurable input",
+    )
+    parser.add_argument("--ovmf", required=True, metavar="FILE", help="OVMF firmware image")
+    parser.add_argument("--kernel", metavar="FILE", help="kernel for measured direct boot")
+    parser.add_argument("--initrd", metavar="FILE", help="initrd (needs --kernel)")
+    parser.add_argument("--append", metavar="CMDLINE", help="kernel command line (needs --kernel)")
+    parser.add_argument("--vcpus", required=True, type=int, metavar="N", help="number of vCPUs")
+    parser.add_argument("--vcpu-type", metavar="TYPE",
+                        help="QEMU vCPU model, e.g. EPYC-Milan (required for --vmm qemu)")
+    parser.add_argument("--vmm", choices=["qemu", "ec2", "gce"], default="qemu")
+    parser.add_argument("--guest-features", metavar="X", type=lambda v: int(v, 0), default=0x1,
+                        help="VMSA SEV features, e.g. 0x1 (default) or 0x21")
+    parser.add_argument("--manifest", metavar="OUT",
+                        help="write a manifest measurement entry (JSON) with the inputs to OUT")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the hex")
+    parser.set_defaults(handler=_cmd_measure)
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from blindbox.attest.manifest import manifest_entry
+    from blindbox.attest.measure import measure
+
+    try:
+        result = measure(args.ovmf, vcpus=args.vcpus, vcpu_type=args.vcpu_type, vmm=args.vmm,
+                         kernel=args.kernel, initrd=args.initrd, append=args.append,
+                         guest_features=args.guest_features)
+        entry = manifest_entry(result)
+        if args.manifest:
+            Path(args.manifest).write_text(json.dumps(entry, indent=2) + "\n")
+    except (ConfigurationError, OSError) as exc:
+        print(f"blindbox measure: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(entry, indent=2) if args.json else result.hex)
+    return EXIT_OK
 
 
 def _add_fixture(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -249,10 +467,17 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "shows NotAnEnclaveError and InvalidEnclaveCode. Needs no network and no hardware."
         ),
     )
+    parser.add_argument("--transcribe", action="store_true",
+                        help="run the confidential audio transcription example instead (needs the "
+                        "examples extra: pip install -e '.[examples]')")
     parser.set_defaults(handler=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.transcribe:
+        from blindbox.testing import transcribe_demo  # test kit: loaded only here
+
+        return transcribe_demo.run(sys.stdout, sys.stderr)
     from blindbox.testing.demo import run  # test kit: loaded only here
 
     return run(sys.stdout)
@@ -266,6 +491,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"blindbox {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_verify(sub)
+    _add_attest(sub)
+    _add_measure(sub)
     _add_fixture(sub)
     _add_demo(sub)
     return parser

@@ -3,18 +3,27 @@
 Each call opens a :class:`SecureSession` for the URL's origin, sends one
 request (its connection attests first, within the call's timeout) and closes
 the session, exactly as ``requests.get`` does with a plain session. The
-attestation keywords (``measurements``, ``roots``, ``nonce`` and the policy
+attestation keywords (``measurements``, ``manifest``, ``manifest_signature``,
+``publisher_key``, ``expected_policy``, ``roots``, ``nonce`` and the policy
 fields) are taken out; everything else goes to ``Session.request``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from requests.models import Response
 from urllib3.util import Timeout
 
-from blindbox.requests.config import DEFAULT_TIMEOUT, Measurements, Roots, policy_field_names
+from blindbox.requests.config import (
+    DEFAULT_TIMEOUT,
+    ExpectedPolicy,
+    ManifestSource,
+    Measurements,
+    Roots,
+    policy_field_names,
+)
 from blindbox.requests.origin import Origin
 from blindbox.requests.session import SecureSession
 
@@ -44,6 +53,10 @@ def request(
     url: str | bytes,
     *,
     measurements: Measurements | None = None,
+    manifest: ManifestSource | None = None,
+    manifest_signature: bytes | str | os.PathLike[str] | None = None,
+    publisher_key: str | bytes | None = None,
+    expected_policy: ExpectedPolicy | None = None,
     roots: Roots | None = None,
     nonce: bool = True,
     **kwargs: Any,
@@ -52,13 +65,17 @@ def request(
 
     A non-``https://`` URL raises :class:`~blindbox.errors.OriginRefusedError`
     before anything is sent; attestation failures raise their exact
-    :class:`~blindbox.errors.AttestationError` subclass.
+    :class:`~blindbox.errors.AttestationError` subclass. The attestation
+    keywords are :class:`SecureSession`'s (``measurements`` or ``manifest``,
+    ``expected_policy``, ``roots``, ``nonce``, policy fields).
     """
     target = url.decode("utf-8") if isinstance(url, bytes) else url
     origin = Origin.of_url(target)
     names = policy_field_names()
     policy = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-    with _OneShotSession(origin.url, measurements=measurements, roots=roots, nonce=nonce,
+    with _OneShotSession(origin.url, measurements=measurements, manifest=manifest,
+                         manifest_signature=manifest_signature, publisher_key=publisher_key,
+                         expected_policy=expected_policy, roots=roots, nonce=nonce,
                          timeout=_attestation_timeout(kwargs.get("timeout")), **policy) as session:
         return session.request(method=method, url=target, **kwargs)
 

@@ -20,8 +20,9 @@ from urllib3.util.ssl_ import create_urllib3_context
 
 from blindbox.attest.binding import NONCE_SIZE
 from blindbox.attest.evidence import Evidence
+from blindbox.attest.owner_policy import PolicyRequirements
 from blindbox.attest.policy import AttestationPolicy
-from blindbox.attest.verifier import Attestation, verify_evidence
+from blindbox.attest.verifier import Assessment, Attestation, assess_evidence, verify_evidence
 from blindbox.errors import AttestationError, NotAnEnclaveError
 from blindbox.snp.roots import TrustRoots
 
@@ -31,11 +32,12 @@ ClientCert = str | tuple[str, str] | None
 
 
 class Attestor:
-    """Appraisal policy, roots and the pinned set of one :class:`SecureSession`."""
+    """Appraisal policy, owner-policy requirements, roots and the pinned set of one :class:`SecureSession`."""
 
     def __init__(self, policy: AttestationPolicy, roots: TrustRoots | None, *, nonce: bool,
-                 timeout: float) -> None:
+                 timeout: float, requirements: PolicyRequirements | None = None) -> None:
         self.policy = policy
+        self.requirements = requirements
         self.roots = roots
         self.use_nonce = nonce
         self.timeout = timeout
@@ -123,13 +125,19 @@ class Attestor:
         return secrets.token_bytes(NONCE_SIZE) if self.use_nonce else None
 
     def verify(self, evidence: Evidence, *, spki_der: bytes, nonce: bytes | None) -> Attestation:
-        """Genuine, bound to ``spki_der`` and ``nonce``, and acceptable under the session's policy."""
+        """Genuine, bound to ``spki_der`` and ``nonce``, and acceptable under the session's expectations."""
         try:
             return verify_evidence(evidence, spki_der=spki_der, nonce=nonce, policy=self.policy,
-                                   roots=self.roots)
+                                   requirements=self.requirements, roots=self.roots)
         except AttestationError:
             raise
         except Exception as exc:  # fail closed: an unexpected error is a refusal, never a pass
             raise NotAnEnclaveError(
                 f"evidence: verification failed ({type(exc).__name__}: {exc})"
             ) from exc
+
+    def assess(self, evidence: Evidence | NotAnEnclaveError, *, spki_der: bytes | None,
+               nonce: bytes | None) -> Assessment:
+        """Every check :meth:`verify` runs, evaluated without stopping (for ``blindbox attest``)."""
+        return assess_evidence(evidence, spki_der=spki_der, nonce=nonce, policy=self.policy,
+                               requirements=self.requirements, roots=self.roots)

@@ -1,32 +1,66 @@
-"""From SecureSession's keyword arguments to an appraisal policy and trust roots.
+"""From SecureSession's keyword arguments to an appraisal policy, owner-policy requirements and roots.
 
-This is the one place that decides *what* a session accepts, so a new source
-of expectations (such as a manifest) is added here and nowhere else. Without
-an expected measurement there is no secure answer, so it refuses.
+This is the one place that decides *what* a session accepts. The sources, and
+how they combine (never two sources for one decision):
+
+- ``measurements=`` (with policy keywords such as ``debug=Rule.ANY``), or
+- ``manifest=`` (a :class:`~blindbox.attest.manifest.Manifest`, a path, an
+  ``https://`` URL, a dict or JSON text; ``manifest_signature=`` and
+  ``publisher_key=`` verify a detached signature). A manifest is a complete
+  appraisal policy, so measurements or policy keywords given with it are
+  refused as ambiguous; edit the manifest's ``policy`` instead.
+- With neither, the manifest named by ``BLINDBOX_MANIFEST`` (a path or an
+  ``https://`` URL). With nothing at all there is no secure answer: refused.
+- ``expected_policy=``: requirements on the data-owner policy (an exact
+  SHA-256, a :class:`~blindbox.attest.owner_policy.PolicyRequirements` or a
+  dict of its fields). Refused when the manifest already states
+  ``owner_policy`` requirements.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from blindbox.attest.manifest import Manifest
+from blindbox.attest.owner_policy import PolicyRequirements
 from blindbox.attest.policy import AttestationPolicy
-from blindbox.errors import ConfigurationError
+from blindbox.errors import ConfigurationError, ManifestError
 from blindbox.snp.roots import TrustRoots, load_roots
+
+log = logging.getLogger("blindbox.requests")
 
 Measurements = str | bytes | Iterable[str | bytes]
 Roots = str | bytes | os.PathLike[str] | TrustRoots
+ManifestSource = Manifest | str | os.PathLike[str] | bytes | Mapping[str, Any]
+ExpectedPolicy = str | PolicyRequirements | Mapping[str, Any]
 
 DEFAULT_TIMEOUT = 30.0
+#: Environment variable naming the manifest (path or https:// URL) used when nothing else is given.
+MANIFEST_ENV = "BLINDBOX_MANIFEST"
 
 NO_MEASUREMENT_HELP = (
     "no expected launch measurement: BlindBox will not send data to an enclave whose code it "
     "cannot check. Pass measurements=['<96 hex characters>'] (the SEV-SNP launch digest of the "
-    "enclave image you trust, e.g. printed by `blindbox measure`)"
+    "enclave image you trust, e.g. printed by `blindbox measure`), or manifest= (the enclave "
+    "vendor's manifest: a path, an https:// URL or a dict), or set the environment variable "
+    f"{MANIFEST_ENV} to a manifest's path or https:// URL"
 )
+_REQUIREMENT_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyRequirements))
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What a session accepts: appraisal policy, data-owner policy requirements, and their manifest."""
+
+    policy: AttestationPolicy
+    requirements: PolicyRequirements | None
+    manifest: Manifest | None
 
 
 def policy_field_names() -> frozenset[str]:
@@ -34,21 +68,88 @@ def policy_field_names() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(AttestationPolicy) if f.name != "measurements")
 
 
+def build_expectations(
+    *,
+    measurements: Measurements | None,
+    manifest: ManifestSource | None,
+    manifest_signature: bytes | str | os.PathLike[str] | None,
+    publisher_key: str | bytes | None,
+    expected_policy: ExpectedPolicy | None,
+    policy: Mapping[str, Any],
+    caller: str,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Expectations:
+    """Decide what the session accepts, or refuse (ConfigurationError; TypeError for unknown keywords).
+
+    ``timeout`` bounds a manifest fetched from an ``https://`` URL.
+    """
+    _check_policy_names(policy, caller)
+    requirements = parse_expected_policy(expected_policy)
+    origin = "manifest="
+    if manifest is None and measurements is None:
+        named = os.environ.get(MANIFEST_ENV, "").strip()
+        if named:
+            manifest, origin = named, f"{MANIFEST_ENV}={named!r}"
+    if manifest is None:
+        if manifest_signature is not None or publisher_key is not None:
+            raise ConfigurationError(
+                f"{caller}: manifest_signature and publisher_key verify a manifest, but no manifest was "
+                f"given (pass manifest= or set {MANIFEST_ENV})"
+            )
+        return Expectations(build_policy(measurements, policy, caller=caller), requirements, None)
+    if measurements is not None:
+        raise ConfigurationError(
+            f"{caller}: both measurements and a manifest were given; a manifest lists the accepted "
+            "measurements itself, so the two would be ambiguous. Pass one of them"
+        )
+    if policy:
+        raise ConfigurationError(
+            f"{caller}: the manifest is the complete appraisal policy, so policy keyword(s) "
+            f"{', '.join(map(repr, sorted(policy)))} given with it would be ambiguous; change the "
+            "manifest's 'policy' member instead (e.g. Manifest.load(...).to_dict(), edited, as manifest=)"
+        )
+    loaded = _load_manifest(manifest, manifest_signature, publisher_key, timeout, origin)
+    stated = loaded.policy_requirements()
+    if stated is not None and requirements is not None:
+        raise ConfigurationError(
+            f"{caller}: the manifest already states data-owner policy requirements (owner_policy), so "
+            "expected_policy would be ambiguous; pass one of them"
+        )
+    log.debug("using manifest %r version %r from %s (sha256 %s, %s)", loaded.name, loaded.version, origin,
+              loaded.sha256 or "n/a", "signature verified" if loaded.signed else "unsigned")
+    return Expectations(loaded.attestation_policy(), stated or requirements, loaded)
+
+
 def build_policy(measurements: Measurements | None, policy: Mapping[str, Any],
                  *, caller: str = "SecureSession") -> AttestationPolicy:
-    """The session's AttestationPolicy; unknown policy names are a TypeError naming them."""
-    unknown = sorted(set(policy) - policy_field_names())
-    if unknown:
-        raise TypeError(
-            f"{caller}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-            f"attestation policy fields are: {', '.join(sorted(policy_field_names()))}"
-        )
+    """The AttestationPolicy for ``measurements``; unknown policy names are a TypeError naming them."""
+    _check_policy_names(policy, caller)
     if measurements is None:
         raise ConfigurationError(f"{caller}: {NO_MEASUREMENT_HELP}")
     values = [measurements] if isinstance(measurements, (str, bytes)) else list(measurements)
     if not values:
         raise ConfigurationError(f"{caller}: measurements is empty; {NO_MEASUREMENT_HELP}")
     return AttestationPolicy.for_measurements(values, **policy)
+
+
+def parse_expected_policy(value: ExpectedPolicy | None) -> PolicyRequirements | None:
+    """``expected_policy=``: a SHA-256 (64 hex), a PolicyRequirements, or a dict of its fields."""
+    if value is None or isinstance(value, PolicyRequirements):
+        return value
+    if isinstance(value, str):
+        return PolicyRequirements(exact_digest=value.strip())
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(_REQUIREMENT_FIELDS))
+        if unknown:
+            raise ConfigurationError(
+                f"expected_policy: unknown requirement(s) {', '.join(map(repr, unknown))}; "
+                f"the fields are {', '.join(_REQUIREMENT_FIELDS)}"
+            )
+        return PolicyRequirements(**value)
+    raise ConfigurationError(
+        "expected_policy: expected the policy's SHA-256 (64 hex characters), a PolicyRequirements or a "
+        f"dict of its fields, got {type(value).__name__}"
+    )
 
 
 def build_roots(roots: Roots | None) -> TrustRoots | None:
@@ -74,3 +175,29 @@ def check_timeout(timeout: float) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ConfigurationError(f"timeout: expected a positive number of seconds, got {timeout!r}")
     return float(timeout)
+
+
+def _check_policy_names(policy: Mapping[str, Any], caller: str) -> None:
+    unknown = sorted(set(policy) - policy_field_names())
+    if unknown:
+        raise TypeError(
+            f"{caller}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"attestation policy fields are: {', '.join(sorted(policy_field_names()))}"
+        )
+
+
+def _load_manifest(source: ManifestSource, signature: bytes | str | os.PathLike[str] | None,
+                   publisher_key: str | bytes | None, timeout: float, origin: str) -> Manifest:
+    if isinstance(source, Manifest):
+        if signature is not None or publisher_key is not None:
+            raise ConfigurationError(
+                "manifest: a loaded Manifest cannot be checked against manifest_signature/publisher_key "
+                "(a signature covers exact bytes); pass the manifest's path, URL or bytes instead"
+            )
+        return source
+    try:
+        return Manifest.load(source, signature=signature, publisher_key=publisher_key, timeout=timeout)
+    except ManifestError as exc:
+        if origin.startswith(MANIFEST_ENV):
+            raise ManifestError(f"{origin}: {exc}") from None
+        raise

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from typing import Any, ClassVar
 
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, BaseAdapter, HTTPAdapter
 from requests.models import PreparedRequest, Request, Response
 
+from blindbox.attest.manifest import Manifest
 from blindbox.attest.verifier import Attestation
 from blindbox.errors import ConfigurationError, OriginRefusedError
 from blindbox.requests.adapter import AttestedAdapter
 from blindbox.requests.attestor import Attestor
 from blindbox.requests.config import (
     DEFAULT_TIMEOUT,
+    ExpectedPolicy,
+    ManifestSource,
     Measurements,
     Roots,
-    build_policy,
+    build_expectations,
     build_roots,
     check_timeout,
 )
@@ -40,13 +44,31 @@ class SecureSession(requests.Session):
     HTTP and cross-origin redirects raise
     :class:`~blindbox.errors.OriginRefusedError` before anything is sent.
 
-    ``measurements``: accepted launch measurements (hex). ``roots``: PEM
-    text/bytes or a path whose ARKs replace AMD's pinned roots. ``nonce=False``
-    for recorded evidence that cannot answer a fresh nonce. ``timeout``:
-    seconds allowed for an attestation exchange when a request gives no
-    connect timeout (and for the eager one). ``**policy``:
-    :class:`~blindbox.attest.policy.AttestationPolicy` fields such as
-    ``debug=Rule.ANY``.
+    What is accepted comes from exactly one source:
+
+    - ``measurements``: accepted launch measurements (hex), with ``**policy``
+      :class:`~blindbox.attest.policy.AttestationPolicy` fields such as
+      ``debug=Rule.ANY``; or
+    - ``manifest``: the enclave vendor's manifest (a
+      :class:`~blindbox.attest.manifest.Manifest`, a path, an ``https://``
+      URL, a dict or JSON text), checked against ``manifest_signature`` by
+      ``publisher_key`` when one is pinned. Its appraisal policy and
+      ``owner_policy`` requirements apply; measurements or policy fields
+      given as well are refused as ambiguous (edit the manifest instead);
+    - with neither, the manifest named by the ``BLINDBOX_MANIFEST``
+      environment variable; with nothing,
+      :class:`~blindbox.errors.ConfigurationError`.
+
+    ``expected_policy``: requirements on the enclave's data-owner policy -- its
+    exact SHA-256 (64 hex), a
+    :class:`~blindbox.attest.owner_policy.PolicyRequirements` or a dict of its
+    fields; an enclave that does not meet them raises
+    :class:`~blindbox.errors.PolicyMismatchError` while connecting, before any
+    request byte is sent. ``roots``: PEM text/bytes or a path whose ARKs
+    replace AMD's pinned roots. ``nonce=False`` for recorded evidence that
+    cannot answer a fresh nonce. ``timeout``: seconds allowed for an
+    attestation exchange when a request gives no connect timeout (and for the
+    eager one and a manifest fetch).
     """
 
     _caller: ClassVar[str] = "SecureSession"
@@ -56,26 +78,40 @@ class SecureSession(requests.Session):
         addr: str,
         *,
         measurements: Measurements | None = None,
+        manifest: ManifestSource | None = None,
+        manifest_signature: bytes | str | os.PathLike[str] | None = None,
+        publisher_key: str | bytes | None = None,
+        expected_policy: ExpectedPolicy | None = None,
         roots: Roots | None = None,
         nonce: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
         **policy: Any,
     ) -> None:
-        attestation_policy = build_policy(measurements, policy, caller=self._caller)
+        seconds = check_timeout(timeout)
+        expectations = build_expectations(
+            measurements=measurements, manifest=manifest, manifest_signature=manifest_signature,
+            publisher_key=publisher_key, expected_policy=expected_policy, policy=policy,
+            caller=self._caller, timeout=seconds,
+        )
+        attestation_policy = expectations.policy
         origin = Origin.parse(addr)
-        attestor = Attestor(attestation_policy, build_roots(roots), nonce=bool(nonce),
-                            timeout=check_timeout(timeout))
+        attestor = Attestor(attestation_policy, build_roots(roots), nonce=bool(nonce), timeout=seconds,
+                            requirements=expectations.requirements)
         self._attestor: Attestor | None = None  # requests' default adapters are never mounted
         super().__init__()
         self._origin = origin
+        self._manifest = expectations.manifest
         self._attestor = attestor
         self._adapter = AttestedAdapter(origin, attestor)
         self.adapters.clear()
         self.mount("https://", self._adapter)
         self.mount("http://", self._adapter)  # so plain-HTTP URLs are refused, never sent
-        log.debug("SecureSession for %s: %d accepted measurement(s), %s roots, nonce %s",
+        log.debug("SecureSession for %s: %d accepted measurement(s)%s, %s roots, nonce %s, %s",
                   origin.url, len(attestation_policy.measurements),
-                  "AMD" if roots is None else "caller-supplied", "on" if nonce else "off")
+                  "" if expectations.manifest is None else f" from manifest {expectations.manifest.name!r}",
+                  "AMD" if roots is None else "caller-supplied", "on" if nonce else "off",
+                  "data-owner policy requirements" if expectations.requirements is not None
+                  else "no data-owner policy requirements")
         try:
             self._attest_origin()
         except BaseException:
@@ -95,6 +131,11 @@ class SecureSession(requests.Session):
     def base_url(self) -> str:
         """The attested origin, ``https://host[:port]``."""
         return self._origin.url
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest this session's expectations come from (None when given measurements)."""
+        return self._manifest
 
     @property
     def attestation(self) -> Attestation | None:
