@@ -2,7 +2,9 @@
 
 :class:`SecureSession` replaces ``requests.Session`` and the module-level
 ``request/get/head/options/post/put/patch/delete`` take the same arguments as
-requests' plus ``measurements=`` (and ``roots=``, ``nonce=``, policy fields).
+requests' plus what to accept: ``measurements=`` or ``manifest=`` (with
+``manifest_signature=``/``publisher_key=``), ``expected_policy=``, ``roots=``,
+``nonce=`` and AttestationPolicy fields.
 Everything a script uses from requests that does not send data (exceptions,
 ``codes``, ``Response``, ``Request``, ``PreparedRequest``, ``auth``...) is
 re-exported; nothing that could send to an unattested server is (there is no
