@@ -2,7 +2,7 @@
 
 Run on demand (not part of the test suite)::
 
-    python benchmarks/bench_session.py [--requests 400] [--firsts 60]
+    python benchmarks/bench_session.py [--requests 400] [--firsts 60] [--json OUT]
 
 Both clients talk to the same local TLS app: a simulated enclave
 (``blindbox.testing.EnclaveServer`` with live evidence and its echo app) in a
@@ -31,6 +31,8 @@ ACK and every response takes about 40 ms for both clients alike.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import multiprocessing
 import os
 import platform
@@ -40,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import requests
 import urllib3
@@ -76,6 +79,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=400, help="steady-state requests per client")
     parser.add_argument("--firsts", type=int, default=60, help="first requests (new sessions) per client")
+    parser.add_argument("--json", metavar="OUT",
+                        help="also write the medians and every sample (seconds) as JSON to this file")
     args = parser.parse_args()
     # Both clients keep requests' defaults (trust_env on). A CA bundle in the environment would
     # replace the plain client's verify= (requests gives it precedence), so it is removed here.
@@ -162,6 +167,27 @@ def main() -> int:
           f"{verdict_steady}) |")
     print(f"| **first-request ratio** | **{first_ratio:.2f}x** (target <= {TARGET_FIRST:.1f}x: "
           f"{verdict_first}) |")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "benchmark": "bench_session",
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {
+                "arch": platform.machine(), "cpus": os.cpu_count(), "system": platform.system(),
+                "python": platform.python_version(), "requests": requests.__version__,
+                "urllib3": urllib3.__version__, "loadavg_1min": os.getloadavg()[0],
+            },
+            "medians": [{"name": name, "seconds": value} for name, value in rows],
+            "samples": {
+                "steady_secure": steady_secure, "steady_plain": steady_plain,
+                "first_secure": first_secure, "first_plain": first_plain, "attest_only": attest_only,
+            },
+            "steady_ratio": steady_ratio, "target_steady": TARGET_STEADY,
+            "first_ratio": first_ratio, "target_first": TARGET_FIRST,
+        }
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {out}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Run on demand (not part of the test suite)::
 
-    python benchmarks/bench_verify.py [--seconds 10] [--report reports/genoa_oak-oc_v5_vcek.bin]
+    python benchmarks/bench_verify.py [--seconds 10] [--report reports/genoa_oak-oc_v5_vcek.bin] [--json OUT]
 
 Measured in the same run, in interleaved rounds (so that load from other
 processes hits every line alike), reporting the best round of each:
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="total time budget of the timed loops")
     parser.add_argument("--report", default="reports/genoa_oak-oc_v5_vcek.bin",
                         help="report under the vectors directory (with a key_cert in index.json)")
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to this file")
     args = parser.parse_args()
 
     entry = next(e for e in json.loads((VECTORS / "index.json").read_text()) if e["file"] == args.report)
@@ -173,6 +174,40 @@ def main() -> None:
     ratio = results["verify_report, warm"][0] / results["bare ECDSA P-384 + RSA-PSS-4096"][0]
     verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
     print(f"full/bare   {ratio:.2f}x (target <= {TARGET_RATIO}x: {verdict})")
+    if args.json:
+        _write_json(Path(args.json), {
+            "benchmark": "bench_verify",
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": _machine(),
+            "report": entry["file"],
+            "product": verified.product.value,
+            "report_version": report.version,
+            "signing_key": verified.signing_key.name,
+            "rounds": ROUNDS,
+            "cold_clears": list(caches),
+            "results": [
+                {"name": name.strip(), "part_of_bare": name.startswith("  "),
+                 "seconds_per_call": seconds, "calls": calls}
+                for name, (seconds, calls) in results.items()
+            ],
+            "ratio": ratio,
+            "target_ratio": TARGET_RATIO,
+        })
+
+
+def _machine() -> dict[str, object]:
+    return {
+        "arch": platform.machine(), "cpus": os.cpu_count(), "system": platform.system(),
+        "python": platform.python_version(),
+        "cryptography": __import__("cryptography").__version__,
+        "loadavg_1min": os.getloadavg()[0],
+    }
+
+
+def _write_json(path: Path, doc: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from blindbox.requests.config import (
 )
 from blindbox.requests.origin import Origin
 from blindbox.requests.session import SecureSession
+from blindbox.snp.verify import KdsSource
 
 
 class _OneShotSession(SecureSession):
@@ -58,6 +59,7 @@ def request(
     publisher_key: str | bytes | None = None,
     expected_policy: ExpectedPolicy | None = None,
     roots: Roots | None = None,
+    kds: KdsSource | None = None,
     nonce: bool = True,
     **kwargs: Any,
 ) -> Response:
@@ -67,7 +69,7 @@ def request(
     before anything is sent; attestation failures raise their exact
     :class:`~blindbox.errors.AttestationError` subclass. The attestation
     keywords are :class:`SecureSession`'s (``measurements`` or ``manifest``,
-    ``expected_policy``, ``roots``, ``nonce``, policy fields).
+    ``expected_policy``, ``roots``, ``kds``, ``nonce``, policy fields).
     """
     target = url.decode("utf-8") if isinstance(url, bytes) else url
     origin = Origin.of_url(target)
@@ -75,7 +77,7 @@ def request(
     policy = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
     with _OneShotSession(origin.url, measurements=measurements, manifest=manifest,
                          manifest_signature=manifest_signature, publisher_key=publisher_key,
-                         expected_policy=expected_policy, roots=roots, nonce=nonce,
+                         expected_policy=expected_policy, roots=roots, kds=kds, nonce=nonce,
                          timeout=_attestation_timeout(kwargs.get("timeout")), **policy) as session:
         return session.request(method=method, url=target, **kwargs)
 

@@ -25,6 +25,7 @@ from blindbox.attest.policy import AttestationPolicy
 from blindbox.attest.verifier import Assessment, Attestation, assess_evidence, verify_evidence
 from blindbox.errors import AttestationError, NotAnEnclaveError
 from blindbox.snp.roots import TrustRoots
+from blindbox.snp.verify import KdsSource
 
 log = logging.getLogger("blindbox.requests")
 
@@ -35,10 +36,12 @@ class Attestor:
     """Appraisal policy, owner-policy requirements, roots and the pinned set of one :class:`SecureSession`."""
 
     def __init__(self, policy: AttestationPolicy, roots: TrustRoots | None, *, nonce: bool,
-                 timeout: float, requirements: PolicyRequirements | None = None) -> None:
+                 timeout: float, requirements: PolicyRequirements | None = None,
+                 kds: KdsSource | None = None) -> None:
         self.policy = policy
         self.requirements = requirements
         self.roots = roots
+        self.kds = kds
         self.use_nonce = nonce
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -128,7 +131,7 @@ class Attestor:
         """Genuine, bound to ``spki_der`` and ``nonce``, and acceptable under the session's expectations."""
         try:
             return verify_evidence(evidence, spki_der=spki_der, nonce=nonce, policy=self.policy,
-                                   requirements=self.requirements, roots=self.roots)
+                                   requirements=self.requirements, roots=self.roots, kds=self.kds)
         except AttestationError:
             raise
         except Exception as exc:  # fail closed: an unexpected error is a refusal, never a pass
@@ -140,4 +143,4 @@ class Attestor:
                nonce: bytes | None) -> Assessment:
         """Every check :meth:`verify` runs, evaluated without stopping (for ``blindbox attest``)."""
         return assess_evidence(evidence, spki_der=spki_der, nonce=nonce, policy=self.policy,
-                               requirements=self.requirements, roots=self.roots)
+                               requirements=self.requirements, roots=self.roots, kds=self.kds)

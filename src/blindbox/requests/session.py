@@ -27,6 +27,7 @@ from blindbox.requests.config import (
     check_timeout,
 )
 from blindbox.requests.origin import Origin
+from blindbox.snp.verify import KdsSource
 
 log = logging.getLogger("blindbox.requests")
 
@@ -65,7 +66,11 @@ class SecureSession(requests.Session):
     fields; an enclave that does not meet them raises
     :class:`~blindbox.errors.PolicyMismatchError` while connecting, before any
     request byte is sent. ``roots``: PEM text/bytes or a path whose ARKs
-    replace AMD's pinned roots. ``nonce=False`` for recorded evidence that
+    replace AMD's pinned roots. ``kds``: a
+    :class:`~blindbox.snp.kds.KdsClient` to check AMD's revocation lists for
+    every attested chain (failing closed when a current CRL cannot be had) and
+    to fetch a VCEK the evidence lacks; without it, no request goes to AMD and
+    the evidence must carry its VCEK or VLEK. ``nonce=False`` for recorded evidence that
     cannot answer a fresh nonce. ``timeout``: seconds allowed for an
     attestation exchange when a request gives no connect timeout (and for the
     eager one and a manifest fetch).
@@ -83,6 +88,7 @@ class SecureSession(requests.Session):
         publisher_key: str | bytes | None = None,
         expected_policy: ExpectedPolicy | None = None,
         roots: Roots | None = None,
+        kds: KdsSource | None = None,
         nonce: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
         **policy: Any,
@@ -96,7 +102,7 @@ class SecureSession(requests.Session):
         attestation_policy = expectations.policy
         origin = Origin.parse(addr)
         attestor = Attestor(attestation_policy, build_roots(roots), nonce=bool(nonce), timeout=seconds,
-                            requirements=expectations.requirements)
+                            requirements=expectations.requirements, kds=kds)
         self._attestor: Attestor | None = None  # requests' default adapters are never mounted
         super().__init__()
         self._origin = origin
