@@ -281,7 +281,9 @@ def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
 def _read_bounded(response: requests.Response, limit: int) -> bytes | None:
     """The body, or None as soon as it is known to exceed ``limit`` (never read past it)."""
     declared = response.headers.get("Content-Length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    # isascii(): str.isdigit() also admits e.g. "\u00b2", which int() refuses (headers are latin-1).
+    if declared is not None and declared.strip().isascii() and declared.strip().isdigit() \
+            and int(declared) > limit:
         return None
     body = bytearray()
     for chunk in response.iter_content(chunk_size=64 * 1024):

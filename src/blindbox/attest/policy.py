@@ -161,7 +161,7 @@ def _dotted(field: str, value: object, parts: int) -> tuple[int, ...]:
         value = value.as_tuple()
     if isinstance(value, str):
         pieces = value.strip().split(".")
-        if len(pieces) != parts or not all(p.isdigit() for p in pieces):
+        if len(pieces) != parts or not all(p.isascii() and p.isdigit() for p in pieces):
             form = ".".join(["N"] * parts)
             raise ConfigurationError(f"{field}: expected {form!r}, got {value!r}")
         numbers: list[object] = [int(p) for p in pieces]
@@ -778,7 +778,9 @@ class AttestationPolicy:
         width = v.product.hwid_length
         identity: bytes | None = None
         source = ""
-        if not masked and any(report.chip_id):
+        if v.signing_key is SigningKey.VLEK:
+            identity = None  # a VLEK is per cloud provider: it vouches for no chip identity
+        elif not masked and any(report.chip_id):
             identity = report.chip_id
         elif v.signing_key is SigningKey.VCEK and v.extensions.hwid is not None:
             identity = v.extensions.hwid.ljust(_CHIP_ID_SIZE, b"\x00")

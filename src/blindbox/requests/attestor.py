@@ -70,6 +70,8 @@ class Attestor:
                 context = create_urllib3_context(cert_reqs=ssl.CERT_NONE)
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
+                # The pinned key must stay the key: no TLS 1.2 renegotiation to another certificate.
+                context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
                 if key is not None:
                     for path in key:
                         if path is not None and not os.path.exists(path):

@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urljoin, urlsplit
 
+import idna
+
 from blindbox.errors import ConfigurationError, OriginRefusedError
 
 HTTPS_PORT = 443
@@ -23,6 +25,28 @@ def _split(url: str) -> tuple[SplitResult, int]:
     return parts, HTTPS_PORT if port is None else port
 
 
+def _ascii_host(host: str) -> str:
+    """``host`` as requests prepares it: a non-ASCII name in its IDNA (UTS #46) ASCII form.
+
+    ValueError when it is not a valid internationalised name.
+    """
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(f"invalid internationalised host name ({exc})") from None
+
+
+def _without_userinfo(text: str) -> str:
+    """``text`` without a ``userinfo@`` before its host: messages never echo a password."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    return scheme + sep + rest[:end].rpartition("@")[2] + rest[end:]
+
+
 def _host_for_url(host: str) -> str:
     try:
         return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
@@ -32,7 +56,7 @@ def _host_for_url(host: str) -> str:
 
 @dataclass(frozen=True)
 class Origin:
-    """``https://host:port``: host lowercased, IPv6 without brackets."""
+    """``https://host:port``: host lowercased (IDNA ASCII form), IPv6 without brackets."""
 
     host: str
     port: int
@@ -43,27 +67,32 @@ class Origin:
         if not isinstance(addr, str) or not addr.strip():
             raise ConfigurationError(f"addr: expected 'host[:port]' or 'https://host[:port]', got {addr!r}")
         text = addr.strip()
+        shown = _without_userinfo(text)
         if "://" not in text:
             text = "https://" + text
         try:
             parts, port = _split(text)
         except ValueError as exc:
-            raise ConfigurationError(f"addr: invalid port in {addr!r} ({exc})") from None
+            raise ConfigurationError(f"addr: invalid port in {shown!r} ({exc})") from None
         if parts.scheme.lower() != "https":
             raise ConfigurationError(
-                f"addr: expected an https:// address, got {addr!r}; BlindBox never sends data "
+                f"addr: expected an https:// address, got {shown!r}; BlindBox never sends data "
                 "over plain HTTP"
             )
         if not parts.hostname:
-            raise ConfigurationError(f"addr: no host in {addr!r}")
+            raise ConfigurationError(f"addr: no host in {shown!r}")
         if parts.username is not None or parts.password is not None:
-            raise ConfigurationError(f"addr: credentials are not allowed in the address {addr!r}")
+            raise ConfigurationError(f"addr: credentials are not allowed in the address {shown!r}")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ConfigurationError(
                 f"addr: expected only an origin (scheme, host, port), got a path, query or fragment in "
-                f"{addr!r}; pass paths to the request methods instead"
+                f"{shown!r}; pass paths to the request methods instead"
             )
-        return cls(host=parts.hostname, port=port)
+        try:
+            host = _ascii_host(parts.hostname)
+        except ValueError as exc:
+            raise ConfigurationError(f"addr: {exc} in {shown!r}") from None
+        return cls(host=host, port=port)
 
     @classmethod
     def of_url(cls, url: str) -> Origin:
@@ -77,7 +106,11 @@ class Origin:
                 f"url: expected an absolute https:// URL, found {redact(url)}; BlindBox never sends "
                 "data over plain HTTP or to a relative target"
             )
-        return cls(host=parts.hostname, port=port)
+        try:
+            host = _ascii_host(parts.hostname)
+        except ValueError as exc:
+            raise OriginRefusedError(f"url: {exc} in {redact(url)}") from None
+        return cls(host=host, port=port)
 
     @property
     def url(self) -> str:
@@ -121,7 +154,11 @@ class Origin:
                 f"url: expected https:// on the attested origin {self.url}, found {redact(text)}; "
                 "nothing was sent"
             )
-        if (parts.hostname or "").rstrip(".") != self.host.rstrip(".") or port != self.port:
+        try:
+            host = _ascii_host(parts.hostname or "")
+        except ValueError:
+            host = ""  # not a valid name: never this origin
+        if host.rstrip(".") != self.host.rstrip(".") or port != self.port:
             raise OriginRefusedError(
                 f"url: expected the attested origin {self.url}, found {redact(text)}; nothing was sent"
             )

@@ -26,7 +26,7 @@ from blindbox.requests.config import (
     build_roots,
     check_timeout,
 )
-from blindbox.requests.origin import Origin
+from blindbox.requests.origin import Origin, redact
 from blindbox.snp.verify import KdsSource
 
 log = logging.getLogger("blindbox.requests")
@@ -178,7 +178,7 @@ class SecureSession(requests.Session):
         adapter = super().get_adapter(url)
         if not isinstance(adapter, AttestedAdapter) or adapter.attestor is not self._attestor:
             raise ConfigurationError(
-                f"the adapter for {url!r} is not this SecureSession's attested adapter; "
+                f"the adapter for {redact(url)} is not this SecureSession's attested adapter; "
                 "SecureSession sends only over attested connections"
             )
         return adapter
