@@ -7,16 +7,24 @@ so tests can prove that a secret never reached them.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import http.server
 import io
+import ipaddress
 import json
 import select
 import socket
 import socketserver
 import ssl
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from blindbox.server.tls import TlsIdentity
 from blindbox.testing.evidence import LiveEvidence
@@ -218,22 +226,67 @@ class _ProxyHandler(socketserver.BaseRequestHandler):
                     sock.close()
 
 
+def _proxy_identity(hostnames: Sequence[str]) -> TlsIdentity:
+    """A self-signed TLS identity like TlsIdentity's, but with its own subject name.
+
+    OpenSSL finds an issuer by subject name, so a CA bundle holding both this certificate and a
+    TlsIdentity one (same subject) would verify neither reliably.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "blindbox-test-proxy")])
+    now = dt.datetime.now(dt.timezone.utc)
+    sans: list[x509.GeneralName] = []
+    for host in hostnames:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return TlsIdentity(
+        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()),
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+    )
+
+
 class ConnectProxy:
     """A CONNECT proxy on 127.0.0.1; ``mitm`` makes it intercept TLS with its own certificate.
 
-    ``tls`` makes it an ``https://`` proxy (TLS to the proxy, then TLS in TLS to the target).
+    ``tls`` makes it an ``https://`` proxy (TLS to the proxy, then TLS in TLS to the target); its
+    certificate is self-signed for 127.0.0.1, so clients verify it only under :attr:`ca_pem`.
     """
 
-    def __init__(self, *, mitm: bool = False, tls: bool = False) -> None:
+    def __init__(self, *, mitm: bool = False, tls: bool = False,
+                 tls_hostnames: Sequence[str] = ("localhost", "127.0.0.1")) -> None:
         self.tls = tls
-        self._server = _ProxyServer(TlsIdentity.generate() if mitm else None,
-                                    TlsIdentity.generate() if tls else None)
+        self.identity = _proxy_identity(tls_hostnames) if tls else None
+        self._server = _ProxyServer(TlsIdentity.generate() if mitm else None, self.identity)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
 
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The https:// proxy's own (self-signed) certificate: the CA to verify it under."""
+        if self.identity is None:
+            raise ValueError("a plain http:// proxy has no certificate")
+        return self.identity.cert_pem
+
+    def write_ca(self, directory: Path) -> str:
+        """:attr:`ca_pem` written to a file in ``directory``, for ``verify=``/``REQUESTS_CA_BUNDLE``."""
+        path = directory / "proxy-ca.pem"
+        path.write_bytes(self.ca_pem)
+        return str(path)
 
     @property
     def targets(self) -> list[str]:

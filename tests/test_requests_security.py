@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -266,11 +267,14 @@ def test_intercepting_proxy_is_refused(honest: EnclaveServer) -> None:
 
 
 @pytest.mark.parametrize("tls_proxy", [False, True], ids=["http-proxy", "https-proxy"])
-def test_tunnelling_proxy_keeps_attestation_end_to_end(honest: EnclaveServer, tls_proxy: bool) -> None:
+def test_tunnelling_proxy_keeps_attestation_end_to_end(honest: EnclaveServer, tls_proxy: bool,
+                                                       tmp_path: Path) -> None:
     # With an https:// proxy the enclave's TLS runs inside the proxy's TLS (urllib3's SSLTransport):
-    # attestation succeeding shows the inner (enclave) certificate is the one checked.
+    # attestation succeeding shows the inner (enclave) certificate is the one checked. verify= is
+    # the proxy's CA: it verifies the proxy hop only (tests/test_requests_proxy_tls.py).
     with ConnectProxy(tls=tls_proxy) as proxy:
-        response = send_secret(honest.url, proxies={"https": proxy.url}, **session_kwargs(honest))
+        extra: dict[str, Any] = {"verify": proxy.write_ca(tmp_path)} if tls_proxy else {}
+        response = send_secret(honest.url, proxies={"https": proxy.url}, **extra, **session_kwargs(honest))
         assert response.status_code == 200
         assert proxy.targets == [f"CONNECT {honest.address}"]
         assert_no_secret(proxy.client_bytes())  # the proxy saw only ciphertext

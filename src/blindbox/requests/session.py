@@ -127,7 +127,8 @@ class SecureSession(requests.Session):
     def _attest_origin(self) -> None:
         """Connect to the origin and attest it now, without sending any request."""
         settings = self.merge_environment_settings(self._origin.url, {}, None, None, None)
-        self._adapter.connect_origin(settings["proxies"], self._adapter.attestor.timeout)
+        self._adapter.connect_origin(settings["proxies"], self._adapter.attestor.timeout,
+                                     verify=settings["verify"])
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("a SecureSession cannot be pickled: its pins belong to this process's connections")
