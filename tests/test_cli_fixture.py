@@ -50,6 +50,7 @@ def test_fixture_create_refuses_a_bad_measurement(tmp_path: Path, capsys: pytest
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # a plain client, on purpose
 def test_fixture_serve_serves_the_recording(tmp_path: Path) -> None:
     out = tmp_path / "fixture"
     assert main(["fixture", "create", "--measurement", MEASUREMENT, "-o", str(out)]) == 0
