@@ -7,10 +7,8 @@ so tests can prove that a secret never reached them.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import http.server
 import io
-import ipaddress
 import json
 import select
 import socket
@@ -20,11 +18,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from blindbox.server.tls import TlsIdentity
 from blindbox.testing.evidence import LiveEvidence
@@ -227,33 +220,12 @@ class _ProxyHandler(socketserver.BaseRequestHandler):
 
 
 def _proxy_identity(hostnames: Sequence[str]) -> TlsIdentity:
-    """A self-signed TLS identity like TlsIdentity's, but with its own subject name.
+    """A self-signed TLS identity like the enclave's, but with its own subject name.
 
-    OpenSSL finds an issuer by subject name, so a CA bundle holding both this certificate and a
-    TlsIdentity one (same subject) would verify neither reliably.
+    OpenSSL finds an issuer by subject name, so a CA bundle holding both this certificate and an
+    enclave one (same subject) would verify neither reliably.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "blindbox-test-proxy")])
-    now = dt.datetime.now(dt.timezone.utc)
-    sans: list[x509.GeneralName] = []
-    for host in hostnames:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return TlsIdentity(
-        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()),
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-    )
+    return TlsIdentity.generate(hostnames, valid_days=1, common_name="blindbox-test-proxy")
 
 
 class ConnectProxy:

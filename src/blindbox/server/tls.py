@@ -30,10 +30,10 @@ class TlsIdentity:
 
     @classmethod
     def generate(cls, hostnames: Sequence[str] = ("localhost", "127.0.0.1"),
-                 *, valid_days: int = 365) -> TlsIdentity:
+                 *, valid_days: int = 365, common_name: str = "blindbox-enclave") -> TlsIdentity:
         """A fresh P-256 key and a self-signed certificate for ``hostnames``."""
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "blindbox-enclave")])
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = _dt.datetime.now(_dt.timezone.utc)
         sans: list[x509.GeneralName] = []
         for host in hostnames:
