@@ -482,9 +482,9 @@ def test_streamed_body_is_bounded_without_content_length() -> None:
             while True:
                 yield b"x" * chunk_size
 
-    from blindbox.attest import manifest as manifest_module
+    from blindbox._http import read_bounded
 
-    assert manifest_module._read_bounded(Endless(), 100_000) is None  # type: ignore[arg-type]
+    assert read_bounded(Endless(), 100_000) is None  # type: ignore[arg-type]
 
 
 def test_measurement_type_is_shared() -> None:

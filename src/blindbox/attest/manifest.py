@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from blindbox._http import read_bounded
 from blindbox.attest import strict_json
 from blindbox.attest.measure import Measurement
 from blindbox.attest.owner_policy import PolicyRequirements, check_host
@@ -269,7 +270,7 @@ def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
                     f"{what}: expected HTTP 200 from {url}, found HTTP {response.status_code}"
                 )
             try:
-                body = _read_bounded(response, limit)
+                body = read_bounded(response, limit, chunk_size=64 * 1024)
             except requests.RequestException as exc:
                 raise ManifestError(f"{what}: reading {url} failed ({type(exc).__name__}: {exc})") from None
             if body is None:
@@ -277,20 +278,6 @@ def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
             return body
     raise ManifestError(f"{what}: expected at most {MAX_REDIRECTS} redirects, found more (last: {url})")
 
-
-def _read_bounded(response: requests.Response, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to exceed ``limit`` (never read past it)."""
-    declared = response.headers.get("Content-Length")
-    # isascii(): str.isdigit() also admits e.g. "\u00b2", which int() refuses (headers are latin-1).
-    if declared is not None and declared.strip().isascii() and declared.strip().isdigit() \
-            and int(declared) > limit:
-        return None
-    body = bytearray()
-    for chunk in response.iter_content(chunk_size=64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 # ------------------------------------------------------------------------------------- signatures

@@ -42,6 +42,7 @@ from pathlib import Path
 import platformdirs
 import requests
 
+from blindbox._http import read_bounded
 from blindbox.errors import AttestationError, ConfigurationError, NotAnEnclaveError
 from blindbox.snp.certificate import AmdCertificate, load_all
 from blindbox.snp.chain import CertificateChain
@@ -213,20 +214,6 @@ def _parse_retry_after(value: str | None) -> float | None:
         when = when.replace(tzinfo=_dt.timezone.utc)
     return max(0.0, (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds())
 
-
-def _read_body(response: requests.Response, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to exceed ``limit`` (never read past it)."""
-    declared = response.headers.get("Content-Length")
-    # isascii(): str.isdigit() also admits e.g. "\u00b2", which int() refuses (headers are latin-1).
-    if declared is not None and declared.strip().isascii() and declared.strip().isdigit() \
-            and int(declared) > limit:
-        return None
-    body = bytearray()
-    for chunk in response.iter_content(chunk_size=16 * 1024):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 # ---------------------------------------------------------------------------- client
@@ -444,7 +431,7 @@ class KdsClient:
             status = response.status_code
             if status == 200:
                 try:
-                    body = _read_body(response, limit)
+                    body = read_bounded(response, limit)
                 except AttestationError:
                     raise
                 except (requests.ConnectionError, requests.Timeout,
