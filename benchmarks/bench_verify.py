@@ -44,7 +44,7 @@ from blindbox.snp.certificate import PSS_SALT_LENGTH
 
 TARGET_RATIO = 1.5
 ROUNDS = 7
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "snp"
+VECTORS = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "snp"
 
 
 def _calibrate(fn: Callable[[], object], seconds: float) -> int:

@@ -1,6 +1,6 @@
 """Launch measurements (blindbox.attest.measure) against sev-snp-measure's own golden vectors.
 
-Every SEV-SNP digest in shared/vectors/snp/measure/launch_digests.json is
+Every SEV-SNP digest in tests/vectors/snp/measure/launch_digests.json is
 reproduced through :func:`measure`. The SEV and SEV-ES vectors are checked
 against sev-snp-measure directly: BlindBox measures SEV-SNP guests only (its
 verifier accepts nothing else), so it has no API for those modes, but the

@@ -156,7 +156,7 @@ def test_parse_of_encode_gives_back_every_field(fields: ReportFields) -> None:
     assert parsed.chip_id_masked is fields.mask_chip_id
 
 
-# Offsets and sizes from the ABI table (shared/reference/snp-verification-anchors.md section 1).
+# Offsets and sizes from the ABI table (AMD SEV-SNP ABI specification, ATTESTATION_REPORT table).
 ABI = {
     "version": (0x000, 4), "guest_svn": (0x004, 4), "policy": (0x008, 8), "family_id": (0x010, 16),
     "image_id": (0x020, 16), "vmpl": (0x030, 4), "signature_algo": (0x034, 4), "current_tcb": (0x038, 8),

@@ -2,7 +2,7 @@
 
 Built reports come from the software SEV-SNP platform and are verified under its
 test roots, so every appraisal here runs on a genuine ``VerifiedReport``. Real
-reports come from ../shared/vectors/snp and verify under AMD's pinned roots.
+reports come from tests/vectors/snp and verify under AMD's pinned roots.
 """
 
 from __future__ import annotations

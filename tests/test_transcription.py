@@ -69,8 +69,9 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Synthesise a sentence to a 16 kHz mono WAV with make_sample.sh (espeak-ng + sox)."""
     missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
     if missing:
-        pytest.fail(f"{' and '.join(missing)} not found: the transcription tests synthesise speech with "
-                    "them. Install with: apt-get install -y espeak-ng sox (.ci/run does)")
+        pytest.skip(f"{' and '.join(missing)} not installed: the transcription tests synthesise speech with "
+                    "the Debian packages espeak-ng and sox. Install with: apt-get install -y espeak-ng sox "
+                    "(.ci/run does, and there this skip fails)")
     folder = tmp_path_factory.mktemp("speech")
     made: dict[str, Path] = {}
 

@@ -46,6 +46,13 @@ class OriginRefusedError(AttestationError):
     """A request would have left the attested origin (other host, plain HTTP, redirect)."""
 
 
+class VerificationIncompleteError(AttestationError):
+    """Verification could not be completed (network, AMD KDS, an offline cache miss).
+
+    Neither verified nor refused: the enclave may be genuine, but nothing was shown. No data is sent.
+    """
+
+
 class ConfigurationError(ValueError):
     """The caller's configuration cannot give a secure result (e.g. no expected measurement)."""
 
@@ -62,6 +69,10 @@ class ManifestError(ConfigurationError):
     """An enclave manifest is malformed, unsigned when a publisher key is pinned, or badly signed."""
 
 
+class ManifestTrustError(ManifestError):
+    """A signed manifest failed a trust check: signature, identity (name), freshness or rollback."""
+
+
 __all__ = [
     "AttestationError",
     "BindingMismatchError",
@@ -69,6 +80,7 @@ __all__ = [
     "InsecureGuestPolicyError",
     "InvalidEnclaveCode",
     "ManifestError",
+    "ManifestTrustError",
     "MeasurementError",
     "NotAnEnclaveError",
     "OriginRefusedError",
@@ -76,4 +88,5 @@ __all__ = [
     "PolicyMismatchError",
     "PolicyViolationError",
     "TcbTooLowError",
+    "VerificationIncompleteError",
 ]
