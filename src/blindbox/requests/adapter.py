@@ -225,13 +225,21 @@ class AttestedAdapter(HTTPAdapter):
 
 def _as_requests_error(exc: OSError | HTTPError, request: PreparedRequest, *, proxied: bool) -> Exception:
     """The exception requests raises for this connect-time failure."""
+    reason = _reason(exc)
     if isinstance(exc, (ConnectTimeoutError, TimeoutError)) and not isinstance(exc, NewConnectionError):
-        return ConnectTimeout(exc, request=request)
+        return ConnectTimeout(reason, request=request)
     if isinstance(exc, Urllib3ProxyError) or proxied:
-        return ProxyError(exc, request=request)
+        return ProxyError(reason, request=request)
     if isinstance(exc, (ssl.SSLError, Urllib3SSLError)):
-        return SSLError(exc, request=request)
-    return RequestsConnectionError(exc, request=request)
+        return SSLError(reason, request=request)
+    return RequestsConnectionError(reason, request=request)
+
+
+def _reason(exc: OSError | HTTPError) -> str | OSError | HTTPError:
+    """urllib3's message without the connection object it carries beside it (the cause keeps both)."""
+    if isinstance(exc, HTTPError) and len(exc.args) == 2 and isinstance(exc.args[1], str):
+        return exc.args[1]
+    return exc
 
 
 def _proxy_trust(verify: bool | str | None) -> _ProxyTrust:

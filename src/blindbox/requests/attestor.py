@@ -138,7 +138,8 @@ class Attestor:
             raise
         except Exception as exc:  # fail closed: an unexpected error is a refusal, never a pass
             raise NotAnEnclaveError(
-                f"evidence: verification failed ({type(exc).__name__}: {exc})"
+                f"evidence: expected verifiable SEV-SNP evidence, found evidence whose verification "
+                f"failed with {type(exc).__name__}: {exc}"
             ) from exc
 
     def assess(self, evidence: Evidence | NotAnEnclaveError, *, spki_der: bytes | None,

@@ -151,7 +151,8 @@ class AttestedHTTPSConnection(HTTPSConnection):
         except (ExchangeTimeout, TimeoutError) as exc:
             log.warning("attestation of %s timed out: %s", target, exc)
             raise ConnectTimeoutError(
-                self, f"Connection to {target} timed out during attestation (timeout={timeout:g})"
+                self, f"Connection to {target} timed out during attestation: expected verified evidence "
+                f"within {timeout:g} s (timeout), found no complete answer in time"
             ) from exc
         if fresh:
             log.debug("%s: attested and pinned TLS key %s... (measurement %s)",
@@ -168,9 +169,12 @@ class AttestedHTTPSConnection(HTTPSConnection):
         previous_timeout = sock.gettimeout()
         try:
             response = fetch_evidence(sock, host=target, nonce=nonce, timeout=timeout)
+        except AttestationError:
+            raise  # already typed and worded once at its source (it is an OSError too)
         except OSError as exc:
             raise NotAnEnclaveError(
-                f"evidence: the connection to {target} failed during the evidence exchange ({exc})"
+                f"evidence: expected an answer from {target} to the evidence request, found the "
+                f"connection failing ({type(exc).__name__}: {exc})"
             ) from exc
         sock.settimeout(previous_timeout)
         log.debug("%s: received %d bytes of evidence; verifying", target, response.size)

@@ -26,7 +26,8 @@ def verify_report_signature(report: AttestationReport, signer: AmdCertificate) -
         key.verify(der_signature, report.signed_bytes, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature:
         raise NotAnEnclaveError(
-            f"report signature: does not verify under the {report.signing_key.name} "
+            f"report signature: expected an ECDSA P-384 signature by the {report.signing_key.name} "
             f"{signer.common_name!r} (serial {signer.serial_number}, "
-            f"sha256 {signer.fingerprint_sha256[:16]}...)"
+            f"sha256 {signer.fingerprint_sha256[:16]}...) over the signed bytes, found one that does "
+            "not verify"
         ) from None
