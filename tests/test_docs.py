@@ -18,7 +18,10 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -380,3 +383,32 @@ def test_quick_tour_simulated_session_runs_as_printed() -> None:
         if label in ("TLS SPKI sha256", "nonce", "attested at"):
             continue  # fresh on every run, as the page says
         assert line in shown, f"docs/index.md shows different output for: {line}"
+
+
+# --- the README's Python type-checks as written ---------------------------------------------------
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"^```python\n(.+?)^```", page.read_text(), re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_python_examples_pass_mypy_strict(page: str, tmp_path: Path) -> None:
+    """What a user copies from the README (and the quick tour) type-checks under ``mypy --strict``."""
+    if importlib.util.find_spec("mypy") is None:
+        pytest.skip("mypy not installed (pip install -e '.[dev]'): the README examples are type-checked")
+    blocks = _python_blocks(ROOT / page)
+    assert blocks, f"no python blocks in {page}"
+    files = []
+    for index, block in enumerate(blocks):
+        path = tmp_path / f"example_{index}.py"
+        path.write_text(block)
+        files.append(str(path))
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary",
+         "--cache-dir", str(tmp_path / "cache"), *files],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "MYPYPATH": str(ROOT / "src")},
+    )
+    assert result.returncode == 0, (
+        f"{page}: mypy --strict fails on its examples:\n{result.stdout}{result.stderr}")

@@ -151,9 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot reach {args.addr}: {exc}", file=sys.stderr)
         return 1
     with session:
-        if session.attestation is not None:
-            print("verified:", file=sys.stderr)
-            print(attestation_table(session.attestation.summary()), file=sys.stderr, flush=True)
+        print("verified:", file=sys.stderr)
+        print(attestation_table(session.attestation.summary()), file=sys.stderr, flush=True)
         try:
             response = transcribe(session, audio, grammar=args.grammar)
         except requests.AttestationError as exc:  # e.g. a replica whose evidence does not verify

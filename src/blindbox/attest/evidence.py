@@ -36,6 +36,12 @@ class Evidence:
     certificates: Mapping[str, str] = field(default_factory=dict)
     policy: bytes | None = None
 
+    def __repr__(self) -> str:
+        """One line: sizes and names, never the report, certificate or policy bytes."""
+        policy = "None" if self.policy is None else f"{len(self.policy)} bytes"
+        return (f"Evidence(report={len(self.report)} bytes, certificates={sorted(self.certificates)}, "
+                f"policy={policy})")
+
     def to_json(self) -> bytes:
         """Serialise per protocol v1."""
         doc: dict[str, Any] = {

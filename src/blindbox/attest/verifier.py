@@ -52,6 +52,15 @@ class Attestation:
     nonce: bytes | None
     attested_at: _dt.datetime
 
+    def __repr__(self) -> str:
+        """One line (the full record is :meth:`summary`), never certificate or report bytes."""
+        return (f"Attestation({self.verified.product.value}, measurement={self.measurement}, "
+                f"roots={'AMD' if self.verified.roots_are_amd else 'caller-supplied'}, "
+                f"tls_spki_sha256={self.tls_spki_sha256[:16]}..., policy_sha256="
+                f"{'None' if self.policy_sha256 is None else self.policy_sha256[:16] + '...'}, "
+                f"nonce={'yes' if self.nonce is not None else 'no'}, "
+                f"attested_at={self.attested_at.isoformat(timespec='seconds')})")
+
     @property
     def measurement(self) -> str:
         return self.verified.report.measurement.hex()
@@ -125,6 +134,12 @@ class Assessment:
     checks: tuple[Check, ...]
     evaluated: int
     _attestation: Attestation | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        """One line: the verdict and the failing checks' names."""
+        failed = [check.name for check in self.failures]
+        return (f"Assessment(passed={self.passed}, evaluated={self.evaluated}/{len(self.checks)}, "
+                f"failures={failed})")
 
     @property
     def passed(self) -> bool:

@@ -145,10 +145,18 @@ class SecureSession(requests.Session):
         return self._manifest
 
     @property
-    def attestation(self) -> Attestation | None:
-        """What was verified about the enclave (the first attested TLS key), for display and audit."""
+    def attestation(self) -> Attestation:
+        """What was verified about the enclave (the first attested TLS key), for display and audit.
+
+        Never None: the session attested its origin when it was constructed. A
+        session holding no attestation (its pins were dropped) attests the origin
+        again on this access, raising the attestation error when that fails.
+        """
         found = self._adapter.attestor.attestations
-        return found[0] if found else None
+        if not found:
+            self._attest_origin()
+            found = self._adapter.attestor.attestations
+        return found[0]
 
     @property
     def attestations(self) -> tuple[Attestation, ...]:

@@ -66,6 +66,12 @@ class AmdCertificate:
     spki: bytes
     extensions: tuple[Extension, ...] = field(repr=False)
 
+    def __repr__(self) -> str:
+        """One line: names, serial, expiry and fingerprint, never the DER bytes."""
+        return (f"AmdCertificate({self.common_name!r}, issuer={self.issuer_common_name!r}, "
+                f"serial=0x{self.serial_number:x}, not_after={self.not_after.date().isoformat()}, "
+                f"sha256={self.fingerprint_sha256[:16]}...)")
+
     @property
     def fingerprint_sha256(self) -> str:
         """Lowercase hex SHA-256 of the DER encoding."""

@@ -32,6 +32,12 @@ class CertificateChain:
     anchor: Anchor
     roots_are_amd: bool
 
+    def __repr__(self) -> str:
+        """One line: the names from leaf to anchor, never certificate bytes."""
+        names = " <- ".join(repr(c.common_name) for c in (self.leaf, self.intermediate,
+                                                              self.anchor.certificate))
+        return f"CertificateChain({names}, roots_are_amd={self.roots_are_amd})"
+
 
 @functools.lru_cache(maxsize=256)
 def _signature_ok(subject_der: bytes, issuer_der: bytes) -> bool:

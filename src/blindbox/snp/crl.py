@@ -50,6 +50,12 @@ class RevocationList:
     next_update: _dt.datetime
     revoked_serials: frozenset[int]
 
+    def __repr__(self) -> str:
+        """One line: issuer, window and revoked serials, never the DER bytes."""
+        serials = ", ".join(f"0x{s:x}" for s in sorted(self.revoked_serials))
+        return (f"RevocationList({self.issuer_common_name!r}, this_update={self.this_update.isoformat()}, "
+                f"next_update={self.next_update.isoformat()}, revoked=[{serials}])")
+
     @property
     def issuer_common_name(self) -> str:
         return next((v for o, v in self.issuer if o == "2.5.4.3"), "")

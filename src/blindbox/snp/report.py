@@ -156,6 +156,13 @@ class AttestationReport:
     signature_s: int
     product: Product | None
 
+    def __repr__(self) -> str:
+        """One line: what identifies the report, never its 1184 raw bytes."""
+        product = self.product.value if self.product is not None else "unknown product"
+        return (f"AttestationReport(v{self.version}, {product}, {self.signing_key.name}, "
+                f"measurement={self.measurement.hex()}, reported_tcb=[{self.reported_tcb}], "
+                f"vmpl={self.vmpl}, policy=0x{self.policy.raw:x})")
+
     @property
     def signed_bytes(self) -> bytes:
         """Bytes [0, 0x2A0): exactly what the AMD secure processor signed."""

@@ -50,6 +50,12 @@ class VerifiedReport:
     verified_at: _dt.datetime
     revocation_checked: bool
 
+    def __repr__(self) -> str:
+        """One line: product, key, chain and measurement, never certificate or report bytes."""
+        return (f"VerifiedReport({self.product.value}, {self.signing_key.name}, "
+                f"measurement={self.report.measurement.hex()}, {self.chain!r}, "
+                f"revocation_checked={self.revocation_checked})")
+
     @property
     def roots_are_amd(self) -> bool:
         """True when the chain ends in AMD's pinned roots, False for caller-supplied roots."""
