@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -412,3 +413,97 @@ def test_python_examples_pass_mypy_strict(page: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, (
         f"{page}: mypy --strict fails on its examples:\n{result.stdout}{result.stderr}")
+
+
+# --- the README's commands run as printed, at a time that does not depend on today ----------------
+
+
+def _verify_commands(page: Path) -> list[list[str]]:
+    blocks = re.findall(r"^```sh\n(.+?)^```", page.read_text(), re.DOTALL | re.MULTILINE)
+    lines = [line for block in blocks for line in block.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if line.startswith(".venv/bin/blindbox verify ")]
+
+
+def test_readme_verify_commands_run_as_printed(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from blindbox.snp.certificate import AmdCertificate
+
+    commands = _verify_commands(ROOT / "README.md")
+    assert len(commands) >= 2 and any("--at" in argv for argv in commands)
+    monkeypatch.chdir(ROOT)
+    for argv in commands:
+        certificate = AmdCertificate.from_der((ROOT / argv[argv.index("--cert") + 1]).read_bytes())
+        if "--at" not in argv:
+            # "now" is the point of the first example; the test pins a time inside the certificate's
+            # validity so that it keeps passing after the certificate expires.
+            argv = [*argv, "--at", (certificate.not_before + dt.timedelta(days=1)).isoformat()]
+        assert cli_main(argv) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out.startswith("GENUINE: ")
+
+
+def test_every_example_with_an_expired_vector_passes_at() -> None:
+    """The AWS VLEKs expired on 2025-12-10: every documented command that uses one names ``--at``."""
+    from blindbox.snp.certificate import AmdCertificate
+
+    pages = [ROOT / "README.md", *DOCS.rglob("*.md"), *(ROOT / "examples").rglob("*.md")]
+    seen = 0
+    for page in pages:
+        for argv in _verify_commands(page):
+            cert = AmdCertificate.from_der((ROOT / argv[argv.index("--cert") + 1]).read_bytes())
+            if cert.not_after < dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc):
+                seen += 1
+                assert "--at" in argv, f"{page.name}: {' '.join(argv)} depends on today's date"
+    assert seen >= 2  # the README and the quick tour show the AWS VLEK
+
+
+# --- the site builds offline: nothing is loaded from a CDN ----------------------------------------
+
+#: A script, stylesheet or font that the browser would fetch from another host.
+_REMOTE = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=[\"'](?:https?:)?//", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
+        pytest.skip("mkdocs and mkdocs-material not installed (pip install -e '.[docs]'): the site is built")
+    out = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}{result.stderr}"
+    return out
+
+
+def test_the_site_loads_nothing_from_another_host(site: Path) -> None:
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 10
+    for page in pages:
+        text = page.read_text()
+        remote = _REMOTE.search(text)
+        assert remote is None, f"{page.relative_to(site)} loads {text[remote.start():remote.start() + 160]}"
+        assert "shared/" not in text, f"{page.relative_to(site)} mentions shared/"
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert "font: false" in config  # mkdocs-material would otherwise load Google Fonts
+
+
+def test_the_diagram_renders_with_the_vendored_mermaid(site: Path) -> None:
+    """mkdocs-material fetches mermaid from unpkg.com unless ``mermaid`` is already defined."""
+    index = (site / "index.html").read_text()
+    assert '<pre class="mermaid"><code>sequenceDiagram' in index
+    scripts = re.findall(r'<script src="([^"]+)"', index)
+    vendored = [s for s in scripts if "mermaid" in s]
+    assert len(vendored) == 1 and not vendored[0].startswith(("http:", "https:", "//")), scripts
+    script = (site / vendored[0]).read_text()
+    assert re.search(r'globalThis\["mermaid"\] = [^\n]+;\s*$', script)  # the UMD build defines it
+    assert (DOCS / "assets" / "vendor" / "mermaid-LICENSE.txt").read_text().startswith("The MIT License")
+
+
+def test_api_signatures_are_formatted(site: Path) -> None:
+    """mkdocstrings formats separate signatures with ruff (in the docs extra): one parameter a line."""
+    page = (site / "api" / "requests" / "index.html").read_text()
+    signature = re.search(r'<div class="doc-signature highlight"><pre>(.+?)</pre>', page, re.DOTALL)
+    assert signature is not None
+    text = re.sub(r"<[^>]+>", "", signature.group(1))
+    assert "SecureSession(\n    addr: str,\n    *,\n" in text, text[:300]
