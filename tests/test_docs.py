@@ -126,15 +126,15 @@ def _under_amd_roots() -> None:
     verify_report(evidence.report, certificates=dict(evidence.certificates), at=AT)
 
 
-def _revoked_vcek() -> None:
+def _revoked_ask() -> None:
     from blindbox.testing import SoftwarePlatform
     from blindbox.testing.report import ReportFields
 
     platform = SoftwarePlatform()
     signed = platform.sign(ReportFields(product=Product.MILAN))
-    vcek = verify_report(signed.raw, certificates=dict(signed.certificates),
-                         roots=platform.roots_pem(Product.MILAN), at=AT).certificate
-    crl = platform.crl(Product.MILAN, revoked=[vcek.serial_number],
+    ask = verify_report(signed.raw, certificates=dict(signed.certificates),
+                        roots=platform.roots_pem(Product.MILAN), at=AT).chain.intermediate
+    crl = platform.crl(Product.MILAN, revoked=[ask.serial_number],
                        this_update=dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc),
                        next_update=dt.datetime(2026, 7, 1, tzinfo=dt.timezone.utc))
     with tempfile.TemporaryDirectory() as cache:
@@ -236,7 +236,7 @@ SCENARIOS: dict[str, Callable[[], object]] = {
     "expired VLEK": lambda: verify_report(_vector(MILAN_VLEK_REPORT), certificates=_vector(MILAN_VLEK),
                                           at=AT),
     # 5. revocation (only with a KDS client)
-    "revoked VCEK": _revoked_vcek,
+    "revoked ASK": _revoked_ask,
     # 6. signature
     "signature": lambda: _genoa(_patched(GENOA, 0x50, b"\xff")),
     # 7. binding

@@ -25,9 +25,9 @@ def _crl(server: EnclaveServer, revoked: tuple[int, ...] = ()) -> bytes:
                         next_update=NOW + dt.timedelta(days=1))
 
 
-def _leaf_serial(server: EnclaveServer) -> int:
+def _ask_serial(server: EnclaveServer) -> int:
     evidence = server.source.evidence(spki_der=server.identity.spki_der, nonce=None, faults=frozenset())
-    return AmdCertificate.load(evidence.certificates["vcek"]).serial_number
+    return AmdCertificate.load(evidence.certificates["ask"]).serial_number
 
 
 def _session(server: EnclaveServer, client: KdsClient) -> br.SecureSession:
@@ -47,18 +47,18 @@ def test_current_crl_without_our_serials_lets_the_session_through(
     assert SECRET in blindbox_enclave.raw_bytes_received()
 
 
-@pytest.mark.parametrize("which", ["leaf", "no CRL"])
+@pytest.mark.parametrize("which", ["ASK", "no CRL"])
 def test_revoked_or_unknown_revocation_refuses_before_sending(
     blindbox_enclave_factory: Callable[..., EnclaveServer], tmp_path: Path, which: str
 ) -> None:
     server = blindbox_enclave_factory()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_passthru(server.url)
-        if which == "leaf":
-            mock.get(crl_url(Product.MILAN), body=_crl(server, revoked=(_leaf_serial(server),)))
+        if which == "ASK":
+            mock.get(crl_url(Product.MILAN), body=_crl(server, revoked=(_ask_serial(server),)))
         else:
             mock.get(crl_url(Product.MILAN), status=404)
-        with pytest.raises(NotAnEnclaveError, match="revoked: leaf" if which == "leaf" else "CRL"):
+        with pytest.raises(NotAnEnclaveError, match="revoked: intermediate" if which == "ASK" else "CRL"):
             br.post(f"{server.url}/upload", data=SECRET, measurements=[server.measurement],
                     roots=server.roots_pem, kds=KdsClient(cache_dir=tmp_path))
     assert SECRET not in server.raw_bytes_received()

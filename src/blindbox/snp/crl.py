@@ -52,7 +52,9 @@ class RevocationList:
 
     def __repr__(self) -> str:
         """One line: issuer, window and revoked serials, never the DER bytes."""
-        serials = ", ".join(f"0x{s:x}" for s in sorted(self.revoked_serials))
+        serials = ", ".join(f"0x{s:x}" for s in sorted(self.revoked_serials)[:8])
+        if len(self.revoked_serials) > 8:
+            serials += f", ... ({len(self.revoked_serials)} in all)"
         return (f"RevocationList({self.issuer_common_name!r}, this_update={self.this_update.isoformat()}, "
                 f"next_update={self.next_update.isoformat()}, revoked=[{serials}])")
 
@@ -108,19 +110,27 @@ class RevocationList:
 
 
 def check_revocation(crl: RevocationList, chain: CertificateChain, at: _dt.datetime) -> None:
-    """Fail unless ``crl`` is a current CRL of ``chain``'s anchor listing neither chain certificate.
+    """Fail unless ``crl`` is a current CRL of ``chain``'s anchor that does not list its intermediate.
 
-    The signature is checked against ``chain.anchor.certificate`` only; the
-    intermediate (ASK/ASVK) and the leaf (VCEK/VLEK) serials must not be listed.
+    The signature is checked against ``chain.anchor.certificate`` only. A CRL
+    speaks for the certificates its issuer issued (RFC 5280 5.1.2.6; a serial
+    number is unique only per issuer), and the ARK issues the ASK and ASVK
+    alone, so only the intermediate's serial is looked up. The leaf (VCEK or
+    VLEK) was issued by the intermediate and is not looked up: every AMD VCEK
+    has serial 0, so an ARK-CRL entry 0 would otherwise refuse every VCEK of
+    the product, an entry AMD has no certificate to mean. An entry naming
+    another issuer (an indirect CRL) carries a critical extension and is
+    refused when the CRL is parsed. A leaf that must no longer be trusted is
+    refused through the TCB it certifies (``min_tcb``), not by revocation.
     """
     crl.verify_signed_by(chain.anchor.certificate)
     crl.check_current(at)
-    for role, cert in (("intermediate", chain.intermediate), ("leaf", chain.leaf)):
-        if crl.is_revoked(cert.serial_number):
-            raise NotAnEnclaveError(
-                f"revoked: {role} {cert.common_name!r} serial 0x{cert.serial_number:x} is listed "
-                f"in the {crl.describe()}"
-            )
+    cert = chain.intermediate
+    if crl.is_revoked(cert.serial_number):
+        raise NotAnEnclaveError(
+            f"revoked: intermediate {cert.common_name!r} serial 0x{cert.serial_number:x} is listed "
+            f"in the {crl.describe()}"
+        )
 
 
 def _extensions(tlv: der.Tlv, where: str) -> list[str]:
