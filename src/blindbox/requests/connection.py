@@ -84,8 +84,8 @@ class AttestedHTTPSConnection(HTTPSConnection):
             log.debug("%s closed the connection after serving evidence; reconnecting", self._target())
             self._close_for_reconnect()
         error = NotAnEnclaveError(
-            f"evidence: {self._target()} closed the connection after each of {MAX_CONNECT_ATTEMPTS} "
-            "evidence responses, so no request could be sent on an attested connection"
+            f"evidence: expected {self._target()} to keep the connection open after serving evidence, "
+            f"found it closed after each of {MAX_CONNECT_ATTEMPTS} evidence responses; nothing was sent"
         )
         log.warning("attestation of %s failed: %s", self._target(), error)
         raise AttestationAbort(error)
@@ -126,7 +126,7 @@ class AttestedHTTPSConnection(HTTPSConnection):
         cert_der = sock.getpeercert(binary_form=True)
         try:
             if not cert_der:
-                raise NotAnEnclaveError("TLS: the server presented no certificate")
+                raise NotAnEnclaveError("TLS: expected the server's certificate, found none")
             spki_der = spki_of_certificate(cert_der)
         except AttestationError as exc:
             log.warning("attestation of %s failed: %s", target, exc)
