@@ -132,7 +132,7 @@ def test_corrupt_signature_fails_genuine_and_evaluates_nothing_else(
     table = rows(out)
     assert table == {"genuine": "FAIL", "binding": NOT_EVALUATED, "appraisal": NOT_EVALUATED,
                      "owner_policy.sha256": NOT_EVALUATED}
-    assert "found     report signature: does not verify" in out
+    assert "found     report signature: expected an ECDSA P-384 signature" in out
     assert "attestation:" not in out  # nothing of a non-genuine report is shown as attested
     assert "result: FAIL: 1 of 4 checks failed (genuine), 3 not evaluated" in out
     # The JSON says the same, and "genuine" found the exact error a session raises.
