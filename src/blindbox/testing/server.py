@@ -105,7 +105,9 @@ def request_client_certificate(sock: ssl.SSLSocket, timeout: float) -> bytes | N
 
     Returns the DER certificate the client presented (on this connection, now
     or earlier), or None when it sent none, cannot do post-handshake
-    authentication, or did not answer within ``timeout`` seconds.
+    authentication, or did not answer within ``timeout`` seconds. The context
+    should require a certificate (``CERT_REQUIRED``): an empty answer then ends
+    the connection at once, where otherwise it would look like no answer yet.
     """
     presented = sock.getpeercert(binary_form=True)
     if presented:
@@ -382,9 +384,10 @@ class _TlsServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.client_auth = client_certificates is not None
         for context in self.contexts if client_certificates is not None else ():
             # Post-handshake only: the evidence request is answered on a connection without one.
-            # A certificate presented must verify; none at all is answered with 403.
+            # Asked for later, a certificate must be given and verify (else the TLS alert
+            # certificate_required); a client that cannot be asked gets 403.
             context.post_handshake_auth = True
-            context.verify_mode = ssl.CERT_OPTIONAL
+            context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(cadata=client_certificates)
         self.slow_seconds, self.io_timeout, self.redirect_target = slow_seconds, io_timeout, redirect_target
         self.stats = _Stats()
