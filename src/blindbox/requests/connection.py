@@ -114,17 +114,17 @@ class AttestedHTTPSConnection(HTTPSConnection):
         except BaseException as exc:
             # Never leave a half-open (possibly plaintext) socket behind, but keep what urllib3
             # reads to classify the error (proxy reached or not), as for a plain connection.
+            target = self._target()  # close() forgets the tunnel
+            step = ("the proxy CONNECT or the TLS handshake" if self.proxy_is_tunneling
+                    else "the TLS handshake")
             reached_proxy = self._has_connected_to_proxy
             self.close()
             self._has_connected_to_proxy = reached_proxy
-            log.warning("connection to %s failed before attestation: %s: %s",
-                        self._target(), type(exc).__name__, exc)
+            log.warning("connection to %s failed before attestation: %s: %s", target, type(exc).__name__, exc)
             if isinstance(exc, TimeoutError) and self._tcp_connected:
-                step = ("the proxy CONNECT or the TLS handshake" if self.proxy_is_tunneling
-                        else "the TLS handshake")
                 raise ConnectTimeoutError(
-                    self, f"Connection to {self._target()} timed out: {step} did not complete "
-                    f"within {timeout:g} s (connect timeout={timeout:g})"
+                    self, f"Connection to {target} timed out: {step} did not complete within "
+                    f"{timeout:g} s (connect timeout={timeout:g})"
                 ) from exc
             raise
         finally:
