@@ -101,7 +101,8 @@ def test_the_read_timeout_stays_the_read_timeout() -> None:
         kwargs = session_kwargs(server)
         with pytest.raises(requests.exceptions.ReadTimeout):
             br.get(server.url + "/compute", timeout=(5, 0.3), **kwargs)
-        assert br.get(server.url + "/compute", timeout=(0.3, 10), **kwargs).status_code == 200
+        # A connect timeout shorter than the response time does not cut the response short.
+        assert br.get(server.url + "/compute", timeout=(1, 10), **kwargs).status_code == 200
 
 
 def test_the_handshake_through_a_proxy_tunnel_is_bounded(silent: str, honest: EnclaveServer) -> None:
