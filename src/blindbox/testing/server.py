@@ -424,8 +424,10 @@ class EnclaveServer:
         redirect_target: str = "https://127.0.0.1:9",
         client_certificates: str | bytes | None = None,
     ) -> None:
-        """``client_certificates``: PEM of the client certificates (or their CA) accepted; when
-        given, every request but the evidence request needs one (``403`` otherwise)."""
+        """``client_certificates``: PEM of the client certificates (or their CA) accepted. When
+        given, every request but the evidence request needs one, asked for after the handshake:
+        a client that answers with none gets the TLS alert ``certificate_required``, one that
+        cannot be asked (no post-handshake authentication) a ``403``."""
         self.faults = frozenset(faults)
         self.source = evidence
         identities = [evidence.identity]
