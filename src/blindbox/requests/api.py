@@ -1,8 +1,10 @@
 """Module-level ``request/get/post/...``: requests' one-shot API, attesting the URL's origin.
 
 Each call opens a :class:`SecureSession` for the URL's origin, sends one
-request (its connection attests first, within the call's timeout) and closes
-the session, exactly as ``requests.get`` does with a plain session. The
+request (its connection attests first) and closes the session, exactly as
+``requests.get`` does with a plain session. Connecting and attesting are
+bounded by the call's connect timeout, or by 30 s per step when it gives none
+(``requests.get`` would wait for ever on a server that never answers). The
 attestation keywords (``measurements``, ``manifest``, ``manifest_signature``,
 ``publisher_key``, ``expected_policy``, ``roots``, ``nonce`` and the policy
 fields) are taken out; everything else goes to ``Session.request``.
@@ -39,7 +41,7 @@ class _OneShotSession(SecureSession):
 
 
 def _attestation_timeout(timeout: Any) -> float:
-    """Seconds for the attestation exchange: the call's connect timeout, else the default."""
+    """Seconds for connecting and attesting: the call's connect timeout, else the default."""
     if isinstance(timeout, Timeout):
         timeout = timeout.connect_timeout
     elif isinstance(timeout, tuple) and timeout:

@@ -72,6 +72,9 @@ class Attestor:
                 context.verify_mode = ssl.CERT_NONE
                 # The pinned key must stay the key: no TLS 1.2 renegotiation to another certificate.
                 context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+                # A client certificate goes out only by TLS 1.3 post-handshake authentication,
+                # after the server's key is pinned (see blindbox.requests.connection).
+                context.post_handshake_auth = True
                 if key is not None:
                     for path in key:
                         if path is not None and not os.path.exists(path):

@@ -7,6 +7,17 @@ same connection. Only then does it return, so urllib3 writes the user's
 request only to an attested key. Pool settings (``verify=``, CA bundles,
 fingerprints) are overridden: the pin is the only trust decision.
 
+The client's identity follows the same rule. Every handshake runs with a
+context that holds no client certificate, so a ``CertificateRequest`` in the
+handshake is answered with none. Only once the server's key is pinned does the
+connection take on the context that carries ``cert=``; the certificate then
+goes out when the server asks for it by TLS 1.3 post-handshake authentication,
+to a key already attested in this session (docs/threat-model.md argues why).
+
+Connecting is bounded: the TCP connect and the TLS handshake each get the
+request's connect timeout, else the session's ``timeout``; running out raises
+``requests.exceptions.ConnectTimeout`` naming the step that timed out.
+
 An attestation failure leaves ``connect()`` as :class:`AttestationAbort`, a
 ``BaseException`` that urllib3's retry and wrapping logic does not catch, so it
 is never retried and reaches the adapter with its exact type.
@@ -16,12 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 import ssl
 from typing import Any, ClassVar, cast
 
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, SSLError
+from urllib3.util.ssltransport import SSLTransport
 
 from blindbox.attest.binding import spki_of_certificate
 from blindbox.attest.evidence import EVIDENCE_PATH
@@ -49,6 +62,7 @@ class AttestedHTTPSConnection(HTTPSConnection):
     """An HTTPS connection that is usable only once its TLS key is attested for the session."""
 
     attestor: ClassVar[Attestor | None] = None
+    _tcp_connected: bool = False
 
     def connect(self) -> None:
         attestor = self.attestor
@@ -60,20 +74,16 @@ class AttestedHTTPSConnection(HTTPSConnection):
                 "session end to end with the enclave"
             ))
         self._disable_webpki(attestor)
+        identity = self.ssl_context  # presented only once the server's key is pinned
+        given = _seconds(self.timeout)
         for _ in range(MAX_CONNECT_ATTEMPTS):
+            self._handshake(attestor, given if given is not None else attestor.timeout)
             try:
-                super().connect()
-            except BaseException as exc:
-                # Never leave a half-open (possibly plaintext) socket behind, but keep what urllib3
-                # reads to classify the error (proxy reached or not), as for a plain connection.
-                reached_proxy = self._has_connected_to_proxy
-                self.close()
-                self._has_connected_to_proxy = reached_proxy
-                log.warning("connection to %s failed before attestation: %s: %s",
-                            self._target(), type(exc).__name__, exc)
-                raise
-            try:
-                usable = self._check_or_attest(attestor)
+                if identity is not attestor.context:
+                    self._require_post_handshake_auth()
+                usable = self._check_or_attest(attestor, given)
+                if usable and identity is not attestor.context:
+                    self._present_client_certificate(cast(ssl.SSLContext, identity))
             except BaseException:
                 self.close()
                 raise
@@ -89,6 +99,66 @@ class AttestedHTTPSConnection(HTTPSConnection):
         )
         log.warning("attestation of %s failed: %s", self._target(), error)
         raise AttestationAbort(error)
+
+    def _handshake(self, attestor: Attestor, timeout: float) -> None:
+        """TCP (and tunnel) and a TLS handshake with no client certificate, each bounded by ``timeout``.
+
+        A handshake (or proxy) timeout becomes ``ConnectTimeoutError`` (requests'
+        ``ConnectTimeout``), not urllib3's default read timeout.
+        """
+        given, identity = self.timeout, self.ssl_context
+        self.timeout, self.ssl_context = timeout, attestor.context
+        self._tcp_connected = False
+        try:
+            super().connect()
+        except BaseException as exc:
+            # Never leave a half-open (possibly plaintext) socket behind, but keep what urllib3
+            # reads to classify the error (proxy reached or not), as for a plain connection.
+            target = self._target()  # close() forgets the tunnel
+            step = ("the proxy CONNECT or the TLS handshake" if self.proxy_is_tunneling
+                    else "the TLS handshake")
+            reached_proxy = self._has_connected_to_proxy
+            self.close()
+            self._has_connected_to_proxy = reached_proxy
+            log.warning("connection to %s failed before attestation: %s: %s", target, type(exc).__name__, exc)
+            if isinstance(exc, TimeoutError) and self._tcp_connected:
+                raise ConnectTimeoutError(
+                    self, f"Connection to {target} timed out: {step} did not complete within "
+                    f"{timeout:g} s (connect timeout={timeout:g})"
+                ) from exc
+            raise
+        finally:
+            self.timeout, self.ssl_context = given, identity
+        # What urllib3 sends next (the request) gets the caller's own timeout, as with requests.
+        cast(socket.socket, self.sock).settimeout(_seconds(given))
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        self._tcp_connected = True  # a timeout from here on is the tunnel's or the handshake's
+        return sock
+
+    def _require_post_handshake_auth(self) -> None:
+        """``cert=`` needs TLS 1.3: post-handshake authentication is the only way it is ever sent."""
+        version = cast("ssl.SSLSocket | SSLTransport", self.sock).version()
+        if version != "TLSv1.3":
+            raise SSLError(
+                f"client certificate: {self._target()} negotiated {version}; BlindBox presents a "
+                "client certificate only by TLS 1.3 post-handshake authentication, once the "
+                "server's key is attested, so the enclave must offer TLS 1.3"
+            )
+
+    def _present_client_certificate(self, identity: ssl.SSLContext) -> None:
+        """Give this connection, whose key is pinned, the context that carries ``cert=``.
+
+        OpenSSL copies the context's certificate into the live connection, so a
+        later post-handshake ``CertificateRequest`` is answered with it.
+        """
+        sock = cast("ssl.SSLSocket | SSLTransport", self.sock)
+        if isinstance(sock, SSLTransport):
+            sock.sslobj.context = identity
+        else:
+            sock.context = identity
+        log.debug("%s: client certificate available to the attested key", self._target())
 
     def _close_for_reconnect(self) -> None:
         """Close the socket but keep the CONNECT tunnel settings, which ``close()`` forgets."""
@@ -113,13 +183,7 @@ class AttestedHTTPSConnection(HTTPSConnection):
         port = self._tunnel_port if self._tunnel_host is not None else self.port
         return Origin(host=host, port=port or HTTPS_PORT).host_header
 
-    def _deadline(self, attestor: Attestor) -> float:
-        timeout: Any = self.timeout
-        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
-            return float(timeout)
-        return attestor.timeout
-
-    def _check_or_attest(self, attestor: Attestor) -> bool:
+    def _check_or_attest(self, attestor: Attestor, given: float | None) -> bool:
         """Pin check, or attestation on this connection. False: the server closed it afterwards."""
         target = self._target()
         sock = cast(ssl.SSLSocket, self.sock)
@@ -135,7 +199,7 @@ class AttestedHTTPSConnection(HTTPSConnection):
         if attestor.pinned(spki_der) is not None:
             log.debug("%s: TLS key %s... is already attested for this session", target, spki_hex[:16])
             return True
-        timeout = self._deadline(attestor)
+        timeout = given if given is not None else attestor.timeout
         keep_alive = True
 
         def attest() -> Attestation:
@@ -180,6 +244,13 @@ class AttestedHTTPSConnection(HTTPSConnection):
         log.debug("%s: received %d bytes of evidence; verifying", target, response.size)
         attestation = attestor.verify(response.evidence, spki_der=spki_der, nonce=nonce)
         return attestation, response.keep_alive
+
+
+def _seconds(timeout: Any) -> float | None:
+    """A caller's timeout in seconds, or None when it gave none (urllib3's sentinel, None, 0)."""
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return float(timeout)
+    return None
 
 
 def attested_pool_class(attestor: Attestor) -> type[HTTPSConnectionPool]:

@@ -71,9 +71,15 @@ class SecureSession(requests.Session):
     every attested chain (failing closed when a current CRL cannot be had) and
     to fetch a VCEK the evidence lacks; without it, no request goes to AMD and
     the evidence must carry its VCEK or VLEK. ``nonce=False`` for recorded evidence that
-    cannot answer a fresh nonce. ``timeout``: seconds allowed for an
-    attestation exchange when a request gives no connect timeout (and for the
-    eager one and a manifest fetch).
+    cannot answer a fresh nonce. ``timeout``: seconds allowed for each step
+    of opening a connection -- TCP connect, TLS handshake, attestation
+    exchange -- when a request gives no connect timeout (``timeout=(connect,
+    read)`` or a number); also for the eager connection and a manifest fetch.
+    Running out raises ``requests.exceptions.ConnectTimeout`` naming the step.
+
+    ``cert=`` (per request, or ``session.cert``) is presented only to a TLS key
+    already attested in this session, when the enclave asks for it by TLS 1.3
+    post-handshake authentication; handshakes never carry it.
     """
 
     _caller: ClassVar[str] = "SecureSession"

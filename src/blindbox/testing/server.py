@@ -5,7 +5,10 @@ with keep-alive over TLS, answers ``GET /.well-known/blindbox/attestation``
 from an evidence source (live software platform or a recorded fixture), and
 forwards every other request to a WSGI app. It records every byte it receives,
 so tests can prove that a client sent nothing before verification. Fault
-modes make it misbehave in the ways a client must detect.
+modes make it misbehave in the ways a client must detect. With
+``client_certificates=`` it requires mutual TLS as an enclave should: the
+evidence request is served without a client certificate, every other request
+needs one, asked for by TLS 1.3 post-handshake authentication.
 
 The evidence it serves is SIMULATED: it verifies only against the test roots
 the caller passes explicitly, never against AMD's.
@@ -19,6 +22,7 @@ import http.server
 import io
 import json
 import logging
+import select
 import socket
 import socketserver
 import ssl
@@ -93,6 +97,47 @@ class _Stats:
     connections: int = 0
     raw: list[bytearray] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
+    client_certificates: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+def request_client_certificate(sock: ssl.SSLSocket, timeout: float) -> bytes | None:
+    """Ask the client for its certificate by TLS 1.3 post-handshake authentication.
+
+    Returns the DER certificate the client presented (on this connection, now
+    or earlier), or None when it sent none, cannot do post-handshake
+    authentication, or did not answer within ``timeout`` seconds. The context
+    should require a certificate (``CERT_REQUIRED``): an empty answer then ends
+    the connection at once, where otherwise it would look like no answer yet.
+    """
+    presented = sock.getpeercert(binary_form=True)
+    if presented:
+        return presented
+    previous = sock.gettimeout()
+    try:
+        sock.verify_client_post_handshake()
+        sock.do_handshake()  # sends the CertificateRequest now
+        # The client answers while it waits for the response; read its handshake records
+        # without consuming application data (there is none before the response).
+        sock.setblocking(False)
+        deadline = time.monotonic() + timeout
+        while not (presented := sock.getpeercert(binary_form=True)):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            select.select([sock], [], [], remaining)
+            try:
+                sock.recv(1)  # b"" (closed) or application data before any answer: no certificate
+            except ssl.SSLWantReadError:
+                continue
+            return None
+        return presented
+    except (OSError, ValueError):
+        return None
+    finally:
+        try:
+            sock.settimeout(previous)
+        except OSError:
+            pass
 
 
 class _RecordingReader(io.RawIOBase):
@@ -141,6 +186,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.handshake_ok = True
         super().setup()
+        self.client_certificate_asked = False
+        self.client_certificate: bytes | None = None
         self.raw = bytearray()
         with self.server.stats.lock:
             self.server.stats.connections += 1
@@ -203,8 +250,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parsed = urllib.parse.urlsplit(self.path)
         if parsed.path == EVIDENCE_PATH and self.command == "GET":
             self._serve_evidence(parsed.query)
+        elif self.server.client_auth and not self._client_certificate():
+            self.close_connection = True
+            self._send(403, b'{"error": "a client certificate is required"}')
         else:
             self._serve_app(parsed, body)
+
+    def _client_certificate(self) -> bool:
+        """Whether this connection's client presented a certificate (asked for once per connection)."""
+        if not self.client_certificate_asked:
+            self.client_certificate_asked = True
+            self.client_certificate = request_client_certificate(self.request, self.server.io_timeout)
+            if self.client_certificate is not None:
+                with self.server.stats.lock:
+                    self.server.stats.client_certificates.append((self.conn_id, self.client_certificate))
+        return self.client_certificate is not None
 
     def _serve_evidence(self, query: str) -> None:
         faults = self.server.faults
@@ -316,10 +376,19 @@ class _TlsServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def __init__(self, address: tuple[str, int], *, app: WsgiApp, source: EvidenceSource,
                  faults: frozenset[Fault], identities: list[TlsIdentity], other_identity: TlsIdentity,
-                 slow_seconds: float, io_timeout: float, redirect_target: str) -> None:
+                 slow_seconds: float, io_timeout: float, redirect_target: str,
+                 client_certificates: str | None) -> None:
         self.app, self.source, self.faults = app, source, faults
         self.identities, self.other_identity = identities, other_identity
         self.contexts = [identity.server_context() for identity in identities]
+        self.client_auth = client_certificates is not None
+        for context in self.contexts if client_certificates is not None else ():
+            # Post-handshake only: the evidence request is answered on a connection without one.
+            # Asked for later, a certificate must be given and verify (else the TLS alert
+            # certificate_required); a client that cannot be asked gets 403.
+            context.post_handshake_auth = True
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cadata=client_certificates)
         self.slow_seconds, self.io_timeout, self.redirect_target = slow_seconds, io_timeout, redirect_target
         self.stats = _Stats()
         self._accepted = 0
@@ -353,7 +422,12 @@ class EnclaveServer:
         slow_seconds: float = 5.0,
         io_timeout: float = 30.0,
         redirect_target: str = "https://127.0.0.1:9",
+        client_certificates: str | bytes | None = None,
     ) -> None:
+        """``client_certificates``: PEM of the client certificates (or their CA) accepted. When
+        given, every request but the evidence request needs one, asked for after the handshake:
+        a client that answers with none gets the TLS alert ``certificate_required``, one that
+        cannot be asked (no post-handshake authentication) a ``403``."""
         self.faults = frozenset(faults)
         self.source = evidence
         identities = [evidence.identity]
@@ -363,6 +437,8 @@ class EnclaveServer:
             (host, port), app=app or _echo_app, source=evidence, faults=self.faults,
             identities=identities, other_identity=TlsIdentity.generate(),
             slow_seconds=slow_seconds, io_timeout=io_timeout, redirect_target=redirect_target,
+            client_certificates=(client_certificates.decode("ascii")
+                                 if isinstance(client_certificates, bytes) else client_certificates),
         )
         self._thread: threading.Thread | None = None
 
@@ -401,6 +477,12 @@ class EnclaveServer:
     def evidence_requests(self) -> list[RecordedRequest]:
         with self._server.stats.lock:
             return [r for r in self._server.stats.requests if r.path.startswith(EVIDENCE_PATH)]
+
+    @property
+    def client_certificates(self) -> list[tuple[int, bytes]]:
+        """(connection number, DER certificate) for each client certificate received."""
+        with self._server.stats.lock:
+            return list(self._server.stats.client_certificates)
 
     @property
     def connections(self) -> int:
