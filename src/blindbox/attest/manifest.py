@@ -158,7 +158,7 @@ class Manifest:
                     "(a signature covers exact bytes), found an already-parsed dict"
                 )
             manifest = _from_document(dict(source), sha256=None, publisher=None)
-            manifest._check_trust(name, min_sequence, when)
+            manifest.check(name=name, min_sequence=min_sequence, at=when)
             return manifest
         key = None
         if publisher_key is not None:
@@ -191,13 +191,17 @@ class Manifest:
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ManifestError(f"$: expected a UTF-8 JSON object, found invalid JSON ({exc})") from None
         manifest = _from_document(doc, sha256=hashlib.sha256(raw).hexdigest(), publisher=publisher)
-        manifest._check_trust(name, min_sequence, when)
+        manifest.check(name=name, min_sequence=min_sequence, at=when)
         if publisher is not None and at is None:
             sequence_state.enforce(publisher, manifest.name, manifest.sequence)
         return manifest
 
-    def _check_trust(self, name: str | None, min_sequence: int | None, when: _dt.datetime) -> None:
-        """Identity, freshness and the caller's minimum sequence (the signature is already verified)."""
+    def check(self, *, name: str | None = None, min_sequence: int | None = None,
+              at: _dt.datetime | None = None) -> None:
+        """Raise :class:`~blindbox.errors.ManifestTrustError` unless this manifest is ``name``'s, valid
+        at ``at`` (default now) and at least ``min_sequence`` (what :meth:`load` checks after the
+        signature; use it again on a manifest held for a while)."""
+        when = _check_at(at)
         if name is not None and name != self.name:
             raise ManifestTrustError(
                 f"$.name: expected {shown(name)!r} (the product you asked for), found {shown(self.name)!r}: "
