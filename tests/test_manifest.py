@@ -217,7 +217,7 @@ VIOLATIONS: list[tuple[str, Any, str, bool]] = [
     ("description", "ok\x9b31m", "$.description: expected a string of 1 to 1024 characters without", True),
     ("description", "\ufeffbom", "$.description: expected a string of 1 to 1024 characters without", True),
     ("name", "private\ue000use", "$.name: expected a string of 1 to 128 characters without control", False),
-    (f"{INPUTS}/ovmf_name", "OVMF\u202e.fd", "$.measurements[0].inputs.ovmf_name: expected text without", True),
+    (f"{INPUTS}/ovmf_name", "OVMF\u202e.fd", "$.measurements[0].inputs.ovmf_name: expected text", True),
     ("measurements/1/inputs/append", "console=ttyS0\u2066",
      "$.measurements[1].inputs.append: expected text without control, format or bidi", True),
     ("version", None, "$.version: expected a string of 1 to 64 characters", True),
@@ -515,7 +515,8 @@ def test_https_failures() -> None:
         Manifest.load("https://vendor.example/down")
     responses.get("https://vendor.example/big.sig", body=b"x" * 2000)
     with pytest.raises(ManifestError, match="signature: expected at most 1024 bytes"):
-        Manifest.load(RAW, signature="https://vendor.example/big.sig", publisher_key=_pem(KEYS["ed25519"]), name=NAME)
+        Manifest.load(RAW, signature="https://vendor.example/big.sig", publisher_key=_pem(KEYS["ed25519"]),
+                      name=NAME)
 
 
 def test_streamed_body_is_bounded_without_content_length() -> None:

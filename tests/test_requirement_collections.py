@@ -100,7 +100,8 @@ def test_attestation_policy_refuses_a_mapping_for_a_collection(field: str, value
 def test_attestation_policy_collections_still_take_every_list_like_form() -> None:
     base = AttestationPolicy(measurements=[MEASUREMENT], vmpls=[0, 1], signing_keys=["VCEK"])
     assert AttestationPolicy(measurements=(MEASUREMENT,), vmpls={0, 1}, signing_keys="VCEK") == base
-    assert AttestationPolicy(measurements=MEASUREMENT, vmpls=frozenset([1, 0]), signing_keys=("vcek",)) == base
+    assert AttestationPolicy(measurements=MEASUREMENT, vmpls=frozenset([1, 0]),
+                             signing_keys=("vcek",)) == base
     assert AttestationPolicy(measurements=iter([MEASUREMENT]), vmpls=range(2), signing_keys=["VCEK"]) == base
 
 

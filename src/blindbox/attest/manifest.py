@@ -369,7 +369,9 @@ def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
                 url, timeout=timeout, stream=True, allow_redirects=False, verify=True,
                 headers={"Accept": "application/json, */*"},
             )
-        except requests.RequestException as exc:
+        except (requests.RequestException, ValueError) as exc:
+            # ValueError: requests parses a redirect's Location even with allow_redirects=False, and
+            # urllib raises it for e.g. an unclosed IPv6 bracket (found by fuzzing).
             raise ManifestError(f"{what}: fetching {where} failed ({_cause(exc, url)})") from None
         with response:
             if response.is_redirect:

@@ -157,7 +157,7 @@ def _read_marks(path: Path, publisher_sha256: str) -> dict[str, int]:
         if len(data) > MAX_STATE_BYTES:
             raise ValueError(f"more than {MAX_STATE_BYTES} bytes")
         doc = strict_json.loads(data.decode("utf-8"))
-        marks = doc["sequences"] if isinstance(doc, dict) else None
+        marks = doc.get("sequences") if isinstance(doc, dict) else None
         if (
             not isinstance(doc, dict)
             or set(doc) != {"format", "publisher_key_sha256", "sequences"}
