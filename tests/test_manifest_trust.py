@@ -353,3 +353,28 @@ def test_presigned_url_secrets_never_reach_messages_or_logs(caplog: pytest.LogCa
     for text in [*messages, caplog.text]:
         for secret in ("hunter2", "s3cr3t", "t0k3n", "frag", "user"):
             assert secret not in text, text
+
+
+def test_many_ports_are_checked_in_linear_time() -> None:
+    """Issue 18 §9: the duplicate-port check rescanned the list (tens of thousands of ports: tens of s)."""
+    import time
+
+    ports = list(range(1, 65536))
+    owner = {"egress_subset_of": [{"host": "api.example.com", "ports": ports}]}
+    def compact(members: dict[str, Any]) -> bytes:
+        return json.dumps(json.loads(release("1", 1, OLD, **members)), separators=(",", ":")).encode()
+
+    data = compact({"owner_policy": owner})
+    assert len(data) < 1024 * 1024
+    started = time.monotonic()
+    manifest = Manifest.load(data)
+    requirements = manifest.policy_requirements()
+    assert requirements is not None and len(requirements.egress_destinations()) == 65535
+    from blindbox.attest.owner_policy import EgressRule, OwnerPolicy
+
+    requirements.check(OwnerPolicy(False, egress_allow=[EgressRule("api.example.com", list(range(1, 2000)))])
+                       .to_bytes())
+    owner["egress_subset_of"][0]["ports"] = [*ports, 65535]
+    with pytest.raises(ManifestError, match=r"ports\[65535\]: expected a port from 1 to 65535 not listed"):
+        Manifest.load(compact({"owner_policy": owner}))
+    assert time.monotonic() - started < 10  # generous: linear work takes well under a second

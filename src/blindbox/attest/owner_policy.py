@@ -370,7 +370,7 @@ class PolicyRequirements:
                 f"found {str(parsed.authentication_required).lower()}"
             )
         if self.egress_subset_of is not None:
-            admitted = self.egress_subset_of
+            admitted = set(self.egress_subset_of)  # a set: membership per served port stays O(1)
             outside = [
                 (rule.host, port)
                 for rule in parsed.egress_allow
@@ -407,6 +407,13 @@ class PolicyRequirements:
 def _normalise_destinations(items: object) -> tuple[str | tuple[str, int], ...]:
     hosts: set[str] = set()
     pairs: set[tuple[str, int]] = set()
+    valid: set[str] = set()
+
+    def check(host: object, where: str) -> str:  # each distinct host is checked once, not once per port
+        checked = host if isinstance(host, str) and host in valid else check_host(host, where)
+        valid.add(checked)
+        return checked
+
     if isinstance(items, Mapping):
         for host, ports in items.items():
             where = f"egress_subset_of[{_show(host)}]"
@@ -421,9 +428,9 @@ def _normalise_destinations(items: object) -> tuple[str | tuple[str, int], ...]:
     for index, item in enumerate(_items(items, "egress_subset_of", expected)):
         where = f"egress_subset_of[{index}]"
         if isinstance(item, str):
-            hosts.add(check_host(item, where))
+            hosts.add(check(item, where))
         elif isinstance(item, (tuple, list)) and len(item) == 2:
-            pairs.add((check_host(item[0], where), _check_port(item[1], where)))
+            pairs.add((check(item[0], where), _check_port(item[1], where)))
         else:
             raise ConfigurationError(
                 f"{where}: expected a host or a (host, port) pair, found {_show(item)}"
