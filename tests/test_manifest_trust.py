@@ -378,3 +378,17 @@ def test_many_ports_are_checked_in_linear_time() -> None:
     with pytest.raises(ManifestError, match=r"ports\[65535\]: expected a port from 1 to 65535 not listed"):
         Manifest.load(compact({"owner_policy": owner}))
     assert time.monotonic() - started < 10  # generous: linear work takes well under a second
+
+
+@responses.activate
+def test_a_loaded_presigned_url_is_logged_without_its_token(caplog: pytest.LogCaptureFixture) -> None:
+    from blindbox.requests.config import build_expectations
+
+    responses.get("https://bucket.example/ok.json", body=release("1", 1, OLD))
+    caplog.set_level("DEBUG", logger="blindbox.requests")
+    loaded = build_expectations(measurements=None, manifest="https://bucket.example/ok.json?token=t0k3n",
+                                manifest_signature=None, publisher_key=None, expected_policy=None, policy={},
+                                caller="test")
+    assert loaded.manifest is not None and loaded.manifest.name == NAME
+    assert "from manifest=https://bucket.example (sha256" in caplog.text
+    assert "t0k3n" not in caplog.text

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,7 @@ NO_MEASUREMENT_HELP = (
     "vendor's manifest: a path, an https:// URL or a dict), or set the environment variable "
     f"{MANIFEST_ENV} to a manifest's path or https:// URL"
 )
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _REQUIREMENT_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyRequirements))
 
 
@@ -207,7 +209,9 @@ def _check_policy_names(policy: Mapping[str, Any], caller: str) -> None:
 def describe_source(source: object) -> str:
     """A manifest source for messages and logs: a URL as ``scheme://host[:port]`` only (a pre-signed
     URL carries its token in the query), a path escaped, anything else by its kind."""
-    if isinstance(source, str) and "://" in source:
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        return "JSON text"
+    if isinstance(source, str) and _URL_RE.match(source):
         return redact_url(source)
     if isinstance(source, (str, os.PathLike)):
         return repr(shown(os.fspath(source)))
