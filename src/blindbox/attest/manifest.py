@@ -143,14 +143,7 @@ class Manifest:
         anything malformed or misconfigured :class:`~blindbox.errors.ManifestError`.
         """
         when = _check_at(at)
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ManifestError(f"name: expected the product name you expect, found {_describe(name)}")
-        if min_sequence is not None and (
-            type(min_sequence) is not int or not 0 <= min_sequence <= MAX_SEQUENCE
-        ):
-            raise ManifestError(
-                f"min_sequence: expected an integer from 0 to {MAX_SEQUENCE}, found {_describe(min_sequence)}"
-            )
+        _check_expectations(name, min_sequence)  # before anything is read or fetched
         if isinstance(source, Mapping):
             if publisher_key is not None or signature is not None:
                 raise ManifestError(
@@ -202,6 +195,7 @@ class Manifest:
         at ``at`` (default now) and at least ``min_sequence`` (what :meth:`load` checks after the
         signature; use it again on a manifest held for a while)."""
         when = _check_at(at)
+        _check_expectations(name, min_sequence)
         if name is not None and name != self.name:
             raise ManifestTrustError(
                 f"$.name: expected {shown(name)!r} (the product you asked for), found {shown(self.name)!r}: "
@@ -701,6 +695,15 @@ def _time(value: object, path: str) -> _dt.datetime:
 
 def _format_time(when: _dt.datetime) -> str:
     return when.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_expectations(name: object, min_sequence: object) -> None:
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ManifestError(f"name: expected the product name you expect, found {_describe(name)}")
+    if min_sequence is not None and (type(min_sequence) is not int or not 0 <= min_sequence <= MAX_SEQUENCE):
+        raise ManifestError(
+            f"min_sequence: expected an integer from 0 to {MAX_SEQUENCE}, found {_describe(min_sequence)}"
+        )
 
 
 def _check_at(at: object) -> _dt.datetime:
