@@ -13,19 +13,20 @@ others is refused (never silently ignored); files are opened with ``O_NOFOLLOW|O
 checked after ``fstat``; updates happen under an exclusive lock and replace the file atomically.
 When the state cannot be created or written (a read-only home) a
 :class:`~blindbox.errors.ManifestStateWarning` says so and names the path: the manifest is still
-checked against any mark already recorded, but later sessions lose this one.
+checked against any mark already recorded, but later sessions lose this one. On Windows (no
+``flock``, ``O_NOFOLLOW`` or owner ids) no mark is kept and every call warns so.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
 import re
 import secrets
 import stat
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,12 @@ def enforce(publisher_sha256: str, name: str, sequence: int) -> None:
     if not _HEX64_RE.fullmatch(publisher_sha256):
         raise ValueError("publisher_sha256: expected 64 lowercase hex characters")
     directory = state_directory()
+    if sys.platform == "win32":  # no flock, O_NOFOLLOW or owner ids to check: no mark is kept there
+        _warn(f"the manifest rollback state is not kept on this platform; sequence {sequence} of "
+              f"{shown(name)!r} is not recorded (pass min_sequence= to refuse older releases)")
+        return
+    import fcntl  # POSIX only
+
     try:
         _make_private_dirs(directory)
     except _Unwritable as exc:
