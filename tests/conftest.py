@@ -93,3 +93,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where everything must run (BLINDBOX_REQUIRE_ALL=1): {reason}"
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own user state directory (the manifest rollback marks live there)."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
+def manifest_validity(sequence: int = 1, *, days: int = 365) -> dict[str, Any]:
+    """The v2 manifest members ``sequence``, ``issued`` (a day ago) and ``expires`` (``days`` from now)."""
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    return {"sequence": sequence, "issued": (now - datetime.timedelta(days=1)).strftime(stamp),
+            "expires": (now + datetime.timedelta(days=days)).strftime(stamp)}

@@ -37,6 +37,8 @@ from blindbox.errors import (
 from blindbox.testing.evidence import LiveEvidence
 from blindbox.testing.server import EnclaveServer, Fault
 
+from .conftest import manifest_validity
+
 OWNER = OwnerPolicy(authentication_required=False, egress_allow=[EgressRule("api.example.com", [443])])
 OTHER = hashlib.sha384(b"some other enclave image").hexdigest()
 
@@ -188,8 +190,8 @@ def test_manifest_file_and_its_owner_policy(
 ) -> None:
     inputs = {"ovmf_sha256": "ab" * 32, "vcpus": 4, "vcpu_type": "EPYC-Milan", "vmm": "qemu",
               "guest_features": "0x1"}
-    doc = {"schema": "blindbox-manifest-v1", "name": "fixture enclave", "version": "2.0",
-           "measurements": [{"digest": honest.measurement, "inputs": inputs}],
+    doc = {"schema": "blindbox-manifest-v2", "name": "fixture enclave", "version": "2.0",
+           **manifest_validity(), "measurements": [{"digest": honest.measurement, "inputs": inputs}],
            "owner_policy": {"authentication_required": True, "egress_subset_of": []}}
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(doc))
@@ -219,7 +221,8 @@ def test_signed_manifest(honest: EnclaveServer, tmp_path: Path, capsys: pytest.C
 
     inputs = {"ovmf_sha256": "ab" * 32, "vcpus": 4, "vcpu_type": "EPYC-Milan", "vmm": "qemu",
               "guest_features": "0x1"}
-    data = json.dumps({"schema": "blindbox-manifest-v1", "name": "signed enclave", "version": "1",
+    data = json.dumps({"schema": "blindbox-manifest-v2", "name": "signed enclave", "version": "1",
+                       **manifest_validity(3),
                        "measurements": [{"digest": honest.measurement, "inputs": inputs}]}).encode()
     key = ed25519.Ed25519PrivateKey.generate()
     paths = {name: tmp_path / name for name in ("manifest.json", "manifest.sig", "publisher.pem", "bad.sig")}
@@ -230,9 +233,18 @@ def test_signed_manifest(honest: EnclaveServer, tmp_path: Path, capsys: pytest.C
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     common = [honest.url, "--manifest", str(paths["manifest.json"]), "--roots", roots_file(honest, tmp_path),
               "--publisher-key", str(paths["publisher.pem"])]
+    code, _, err = attest(capsys, *common, "--manifest-signature", str(paths["manifest.sig"]))
+    assert code == 2 and "--manifest-name" in err  # a pinned key needs the product's name
+    common += ["--manifest-name", "signed enclave"]
     code, out, _ = attest(capsys, *common, "--manifest-signature", str(paths["manifest.sig"]))
     assert code == 0 and "manifest: signed enclave 1" in out and "signature verified" in out
     evidence_requests = len(honest.evidence_requests)
+    code, _, err = attest(capsys, *common, "--manifest-signature", str(paths["manifest.sig"]),
+                          "--min-sequence", "4")
+    assert code != 0 and "expected at least 4 (min_sequence), found 3" in err
+    code, _, err = attest(capsys, *[a if a != "signed enclave" else "other enclave" for a in common],
+                          "--manifest-signature", str(paths["manifest.sig"]))
+    assert code != 0 and "expected 'other enclave' (the product you asked for), found 'signed enclave'" in err
     code, out, err = attest(capsys, *common, "--manifest-signature", str(paths["bad.sig"]))
     assert code == 2 and out == "" and "signature" in err and "invalid one" in err
     code, _, err = attest(capsys, *common)

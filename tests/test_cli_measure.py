@@ -11,7 +11,7 @@ import pytest
 from blindbox.attest.manifest import Manifest
 from blindbox.cli import main
 
-from .conftest import VECTORS
+from .conftest import VECTORS, manifest_validity
 
 MEASURE = VECTORS / "measure"
 VECTOR_SET: list[dict[str, Any]] = json.loads((MEASURE / "launch_digests.json").read_text())["vectors"]
@@ -56,8 +56,8 @@ def test_manifest_entry_records_every_input(tmp_path: Path, capsys: pytest.Captu
     assert inputs["append"] == "console=ttyS0 loglevel=7" and inputs["guest_features"] == "0x21"
     assert inputs["kernel_sha256"] == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     # The entry drops straight into a manifest.
-    manifest = Manifest.load({"schema": "blindbox-manifest-v1", "name": "demo", "version": "1",
-                              "measurements": [entry]})
+    manifest = Manifest.load({"schema": "blindbox-manifest-v2", "name": "demo", "version": "1",
+                              **manifest_validity(), "measurements": [entry]})
     assert manifest.attestation_policy().measurements == (bytes.fromhex(vector["expected_launch_digest"]),)
 
 

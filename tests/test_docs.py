@@ -44,7 +44,7 @@ from blindbox.snp.kds import KdsClient
 from blindbox.snp.product import Product
 from blindbox.snp.report import AttestationReport
 
-from .conftest import VECTORS
+from .conftest import VECTORS, manifest_validity
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -176,11 +176,11 @@ def _tampered_manifest() -> None:
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     entry = {"digest": "ab" * 48, "inputs": {"ovmf_sha256": "00" * 32, "vcpus": 1, "vmm": "qemu",
                                               "vcpu_type": "EPYC-Milan", "guest_features": "0x1"}}
-    signed = json.dumps({"schema": "blindbox-manifest-v1", "name": "example", "version": "1",
-                         "measurements": [entry]}).encode()
+    signed = json.dumps({"schema": "blindbox-manifest-v2", "name": "example", "version": "1",
+                         **manifest_validity(), "measurements": [entry]}).encode()
     signature = sign_manifest(signed, key)
     Manifest.load(signed.replace(b'"version": "1"', b'"version": "2"'), signature=signature,
-                  publisher_key=public_pem)
+                  publisher_key=public_pem, name="example")
 
 
 def _session(**kwargs: Any) -> None:

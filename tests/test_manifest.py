@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sevsnpmeasure.vcpu_types import CPU_SIGS
 
-from blindbox.attest.manifest import MAX_MANIFEST_BYTES, SCHEMA, Manifest, manifest_entry, sign_manifest
+from blindbox.attest.manifest import (
+    MAX_MANIFEST_BYTES,
+    SCHEMA,
+    SIGNATURE_CONTEXT,
+    Manifest,
+    manifest_entry,
+    sign_manifest,
+)
 from blindbox.attest.measure import Measurement, measure
 from blindbox.attest.owner_policy import EgressRule, OwnerPolicy, PolicyRequirements
 from blindbox.attest.policy import AttestationPolicy
@@ -28,7 +35,7 @@ from blindbox.snp.platform_info import BITS
 from blindbox.snp.product import Product
 from blindbox.snp.report import SUPPORTED_VERSIONS
 
-from .conftest import VECTORS
+from .conftest import VECTORS, manifest_validity
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SCHEMA_DOC: dict[str, Any] = json.loads((DOCS / "manifest.schema.json").read_text())
@@ -48,6 +55,8 @@ def valid_doc() -> dict[str, Any]:
         "schema": SCHEMA,
         "name": "Example transcription enclave",
         "version": "1.2.0",
+        "description": "Speech to text; audio never leaves the enclave.",
+        **manifest_validity(7),
         "measurements": [manifest_entry(QEMU), manifest_entry(DIRECT_BOOT), manifest_entry(EC2)],
         "policy": {"vmpls": [0], "min_tcb": "amd-recommended", "smt_allowed": "off"},
         "owner_policy": {
@@ -59,7 +68,8 @@ def valid_doc() -> dict[str, Any]:
 
 
 def minimal_doc() -> dict[str, Any]:
-    return {"schema": SCHEMA, "name": "m", "version": "0", "measurements": [manifest_entry(QEMU)]}
+    return {"schema": SCHEMA, "name": "m", "version": "0", **manifest_validity(),
+            "measurements": [manifest_entry(QEMU)]}
 
 
 def test_load_from_every_source(tmp_path: Path) -> None:
@@ -169,8 +179,26 @@ VIOLATIONS: list[tuple[str, Any, str, bool]] = [
     (f"{INPUTS}/vmm", _DELETE, "$.measurements[0].inputs.vmm: expected this required member", True),
     (f"{INPUTS}/guest_features", _DELETE, "$.measurements[0].inputs.guest_features: expected this", True),
     (f"{INPUTS}/vcpu_type", _DELETE, "$.measurements[0].inputs.vcpu_type: expected a QEMU vCPU model", True),
-    ("schema", "blindbox-manifest-v2", "$.schema: expected 'blindbox-manifest-v1'", True),
-    ("schema", 1, "$.schema: expected 'blindbox-manifest-v1'", True),
+    ("schema", "blindbox-manifest-v3", "$.schema: expected 'blindbox-manifest-v2'", True),
+    ("schema", 1, "$.schema: expected 'blindbox-manifest-v2'", True),
+    ("sequence", _DELETE, "$.sequence: expected this required member", True),
+    ("issued", _DELETE, "$.issued: expected this required member", True),
+    ("expires", _DELETE, "$.expires: expected this required member", True),
+    ("sequence", 0, "$.sequence: expected an integer from 1 to 9007199254740991", True),
+    ("sequence", -1, "$.sequence: expected an integer from 1", True),
+    ("sequence", 2**53, "$.sequence: expected an integer from 1", True),
+    ("sequence", "7", "$.sequence: expected an integer from 1", True),
+    ("sequence", True, "$.sequence: expected an integer from 1", True),
+    ("sequence", 7.0, "$.sequence: expected an integer from 1", False),
+    ("issued", "2026-01-01", "$.issued: expected an RFC 3339 UTC time", True),
+    ("issued", "2026-01-01T00:00:00+00:00", "$.issued: expected an RFC 3339 UTC time", True),
+    ("issued", "2026-01-01T00:00:00.5Z", "$.issued: expected an RFC 3339 UTC time", True),
+    ("issued", "2026-01-01t00:00:00z", "$.issued: expected an RFC 3339 UTC time", True),
+    ("issued", 1767225600, "$.issued: expected an RFC 3339 UTC time", True),
+    ("expires", "2026-02-30T00:00:00Z", "$.expires: expected an existing date and time", False),
+    ("expires", "2000-01-01T00:00:00Z", "$.expires: expected a time after issued", False),
+    ("description", "", "$.description: expected a string of 1 to 1024", True),
+    ("description", "x" * 1025, "$.description: expected a string of 1 to 1024", True),
     ("extra", True, "$.extra: expected no such member", True),
     ("measurements/0/note", "x", "$.measurements[0].note: expected no such member", True),
     (f"{INPUTS}/firmware", "x", "$.measurements[0].inputs.firmware: expected no such member", True),
@@ -178,6 +206,20 @@ VIOLATIONS: list[tuple[str, Any, str, bool]] = [
     ("name", "", "$.name: expected a string of 1 to 128", True),
     ("name", "x" * 129, "$.name: expected a string of 1 to 128", True),
     ("name", "evil\x1b[2J", "$.name: expected a string of 1 to 128 characters without control", True),
+    # C1 controls and bidi overrides print as something else, or reorder what follows (issue 18 §5).
+    ("name", "evil\x9b2J", "$.name: expected a string of 1 to 128 characters without control, format", True),
+    ("name", "line\x85break", "$.name: expected a string of 1 to 128 characters without control", True),
+    ("name", "safe\u202eevil", "$.name: expected a string of 1 to 128 characters without control", True),
+    ("name", "a\u2066b\u2069", "$.name: expected a string of 1 to 128 characters without control", True),
+    ("name", "zero\u200bwidth", "$.name: expected a string of 1 to 128 characters without control", True),
+    ("version", "1.2.0\u200f", "$.version: expected a string of 1 to 64 characters without control", True),
+    ("version", "1\u2028", "$.version: expected a string of 1 to 64 characters without control", True),
+    ("description", "ok\x9b31m", "$.description: expected a string of 1 to 1024 characters without", True),
+    ("description", "\ufeffbom", "$.description: expected a string of 1 to 1024 characters without", True),
+    ("name", "private\ue000use", "$.name: expected a string of 1 to 128 characters without control", False),
+    (f"{INPUTS}/ovmf_name", "OVMF\u202e.fd", "$.measurements[0].inputs.ovmf_name: expected text", True),
+    ("measurements/1/inputs/append", "console=ttyS0\u2066",
+     "$.measurements[1].inputs.append: expected text without control, format or bidi", True),
     ("version", None, "$.version: expected a string of 1 to 64 characters", True),
     ("measurements", {},
      "$.measurements: expected an array of 1 to 1024 measurements, found an object", True),
@@ -212,7 +254,7 @@ VIOLATIONS: list[tuple[str, Any, str, bool]] = [
     (f"{INPUTS}/initrd_sha256", "00" * 32,
      "$.measurements[0].inputs.kernel_sha256: expected a measured", True),
     ("measurements/1/inputs/append", "a\nb",
-     "$.measurements[1].inputs.append: expected a kernel command", True),
+     "$.measurements[1].inputs.append: expected text without control", True),
     ("measurements/1/inputs/append", 7, "$.measurements[1].inputs.append: expected a string", True),
     (f"{INPUTS}/ovmf_name", "", "$.measurements[0].inputs.ovmf_name: expected 1 to 255 characters", True),
     ("policy", [], "$.policy: expected an object (appraisal policy fields), found an array of 0", True),
@@ -303,7 +345,8 @@ def test_schema_tracks_the_code() -> None:
         layout = defs[products[product.value.lower()]["$ref"].rsplit("/", 1)[1]]
         assert ("fmc" in layout["properties"]) is product.has_fmc
     assert defs["policy"]["properties"]["report_versions"]["items"]["enum"] == list(SUPPORTED_VERSIONS)
-    top = {"schema", "name", "version", "measurements", "policy", "owner_policy"}
+    top = {"schema", "name", "version", "description", "sequence", "issued", "expires", "measurements",
+           "policy", "owner_policy"}
     assert set(SCHEMA_DOC["properties"]) == top
 
 
@@ -311,7 +354,7 @@ def test_schema_tracks_the_code() -> None:
     (b"", "$: expected a UTF-8 JSON object, found invalid JSON"),
     (b"[]", "$: expected an object, found an array of 0"),
     (b"\xff", "found invalid JSON"),
-    (b'{"schema":"blindbox-manifest-v1","schema":"blindbox-manifest-v1"}', "duplicate member 'schema'"),
+    (b'{"schema":"blindbox-manifest-v2","schema":"blindbox-manifest-v2"}', "duplicate member 'schema'"),
     (b'{"schema":NaN}', "NaN is not JSON"),
     (b"[" * 50_000, "found invalid JSON"),
     (b" " * (MAX_MANIFEST_BYTES + 1), f"manifest: expected at most {MAX_MANIFEST_BYTES} bytes"),
@@ -346,23 +389,24 @@ KEYS = {
     "p384": ec.generate_private_key(ec.SECP384R1()),
 }
 RAW = json.dumps(valid_doc(), indent=2).encode()
+NAME = "Example transcription enclave"
 
 
 @pytest.mark.parametrize("kind", list(KEYS))
 def test_good_signatures(kind: str, tmp_path: Path) -> None:
     key = KEYS[kind]
     signature = sign_manifest(RAW, key)
-    manifest = Manifest.load(RAW, signature=signature, publisher_key=_pem(key))
+    manifest = Manifest.load(RAW, signature=signature, publisher_key=_pem(key), name=NAME)
     assert manifest.signed and manifest.sha256 == hashlib.sha256(RAW).hexdigest()
     (tmp_path / "m.json").write_bytes(RAW)
     (tmp_path / "m.json.sig").write_bytes(signature)
     again = Manifest.load(tmp_path / "m.json", signature=tmp_path / "m.json.sig",
-                          publisher_key=_pem(key).decode())
+                          publisher_key=_pem(key).decode(), name=NAME)
     assert again.signed and again.measurements == manifest.measurements
     # A vendor's PEM private key works as well as a key object.
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    Manifest.load(RAW, signature=sign_manifest(RAW, pem.decode()), publisher_key=_pem(key))
+    Manifest.load(RAW, signature=sign_manifest(RAW, pem.decode()), publisher_key=_pem(key), name=NAME)
 
 
 @pytest.mark.parametrize("kind", list(KEYS))
@@ -381,32 +425,32 @@ def test_bad_signatures(kind: str) -> None:
     ]
     for data, sig in cases:
         with pytest.raises(ManifestError, match=r"signature: expected a valid .* found an invalid one"):
-            Manifest.load(data, signature=sig, publisher_key=_pem(key))
+            Manifest.load(data, signature=sig, publisher_key=_pem(key), name=NAME)
     for other in others:
         with pytest.raises(ManifestError, match="found an invalid one"):
-            Manifest.load(RAW, signature=signature, publisher_key=_pem(other))
+            Manifest.load(RAW, signature=signature, publisher_key=_pem(other), name=NAME)
 
 
 def test_signature_configuration_errors(tmp_path: Path) -> None:
     key = KEYS["ed25519"]
     signature = sign_manifest(RAW, key)
     with pytest.raises(ManifestError, match=r"signature: expected a detached signature .* found none"):
-        Manifest.load(RAW, publisher_key=_pem(key))
+        Manifest.load(RAW, publisher_key=_pem(key), name=NAME)
     with pytest.raises(ManifestError, match="publisher_key: expected the publisher's pinned public key"):
         Manifest.load(RAW, signature=signature)
     with pytest.raises(ManifestError, match="found an already-parsed dict"):
-        Manifest.load(valid_doc(), signature=signature, publisher_key=_pem(key))
+        Manifest.load(valid_doc(), signature=signature, publisher_key=_pem(key), name=NAME)
     with pytest.raises(ManifestError, match="signature: expected 1 to 1024 bytes, found 0"):
-        Manifest.load(RAW, signature=b"", publisher_key=_pem(key))
+        Manifest.load(RAW, signature=b"", publisher_key=_pem(key), name=NAME)
     with pytest.raises(ManifestError, match="signature: cannot read"):
-        Manifest.load(RAW, signature=tmp_path / "missing.sig", publisher_key=_pem(key))
+        Manifest.load(RAW, signature=tmp_path / "missing.sig", publisher_key=_pem(key), name=NAME)
     with pytest.raises(ManifestError, match="publisher_key: expected a PEM SubjectPublicKeyInfo"):
-        Manifest.load(RAW, signature=signature, publisher_key="not a key")
+        Manifest.load(RAW, signature=signature, publisher_key="not a key", name=NAME)
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     p521 = ec.generate_private_key(ec.SECP521R1())
     for weird in (rsa_key, p521):
         with pytest.raises(ManifestError, match="publisher_key: expected an Ed25519 or ECDSA P-256/P-384"):
-            Manifest.load(RAW, signature=signature, publisher_key=_pem(weird))
+            Manifest.load(RAW, signature=signature, publisher_key=_pem(weird), name=NAME)
         with pytest.raises(ConfigurationError, match="private_key: expected an Ed25519 or ECDSA P-256/P-384"):
             sign_manifest(RAW, weird)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="private_key: expected an unencrypted PEM private key"):
@@ -423,7 +467,7 @@ def test_https_loading() -> None:
     key = KEYS["p256"]
     responses.get(URL, body=RAW, content_type="application/json")
     responses.get(URL + ".sig", body=sign_manifest(RAW, key))
-    manifest = Manifest.load(URL, signature=URL + ".sig", publisher_key=_pem(key), timeout=3)
+    manifest = Manifest.load(URL, signature=URL + ".sig", publisher_key=_pem(key), name=NAME, timeout=3)
     assert manifest.signed and manifest.sha256 == hashlib.sha256(RAW).hexdigest()
     for call in responses.calls:
         verify = call.request.req_kwargs["verify"]  # True, or the CA bundle requests reads from the env
@@ -440,7 +484,7 @@ def test_https_redirects_stay_on_https() -> None:
     responses.get("https://cdn.example/m.json", body=RAW)
     assert Manifest.load(URL).sha256 == hashlib.sha256(RAW).hexdigest()
     responses.get("https://vendor.example/downgrade", status=302, headers={"Location": "http://cdn.example/m"})
-    with pytest.raises(ManifestError, match=r"manifest URL: expected https://.* found 'http://cdn.example/m'"):
+    with pytest.raises(ManifestError, match=r"manifest URL: expected https://.* found http://cdn.example$"):
         Manifest.load("https://vendor.example/downgrade")
     responses.get("https://vendor.example/loop", status=302, headers={"Location": "/loop"})
     with pytest.raises(ManifestError, match="expected at most 5 redirects"):
@@ -454,7 +498,7 @@ def test_non_https_urls_are_refused_without_a_request(url: str) -> None:
     with pytest.raises(ManifestError, match=r"manifest URL: expected https://"):
         Manifest.load(url)
     with pytest.raises(ManifestError, match=r"signature URL: expected https://"):
-        Manifest.load(RAW, signature=url, publisher_key=_pem(KEYS["ed25519"]))
+        Manifest.load(RAW, signature=url, publisher_key=_pem(KEYS["ed25519"]), name=NAME)
     assert len(responses.calls) == 0
 
 
@@ -464,14 +508,15 @@ def test_https_failures() -> None:
     with pytest.raises(ManifestError, match=r"expected at most 1048576 bytes from .* found more; refused"):
         Manifest.load(URL)
     responses.get("https://vendor.example/missing", status=404)
-    with pytest.raises(ManifestError, match=r"HTTP 200 from https://vendor\.example/missing, found HTTP 404"):
+    with pytest.raises(ManifestError, match=r"HTTP 200 from https://vendor\.example, found HTTP 404"):
         Manifest.load("https://vendor.example/missing")
     responses.get("https://vendor.example/down", body=requests.ConnectionError("refused"))
-    with pytest.raises(ManifestError, match=r"fetching https://vendor.example/down failed \(ConnectionError"):
+    with pytest.raises(ManifestError, match=r"fetching https://vendor.example failed \(ConnectionError"):
         Manifest.load("https://vendor.example/down")
     responses.get("https://vendor.example/big.sig", body=b"x" * 2000)
     with pytest.raises(ManifestError, match="signature: expected at most 1024 bytes"):
-        Manifest.load(RAW, signature="https://vendor.example/big.sig", publisher_key=_pem(KEYS["ed25519"]))
+        Manifest.load(RAW, signature="https://vendor.example/big.sig", publisher_key=_pem(KEYS["ed25519"]),
+                      name=NAME)
 
 
 def test_streamed_body_is_bounded_without_content_length() -> None:
@@ -504,11 +549,15 @@ def test_measurement_type_is_shared() -> None:
 def test_documented_openssl_signatures_verify(tmp_path: Path, keygen: list[str], sign: list[str]) -> None:
     key, data, sig = tmp_path / "key.pem", tmp_path / "manifest.json", tmp_path / "manifest.json.sig"
     data.write_bytes(RAW)
+    message = tmp_path / "message"  # what the docs have vendors sign: the context string, then the bytes
+    subprocess.run(["sh", "-c", f"(printf 'blindbox-manifest-signature-v2\\0'; cat '{data}') > '{message}'"],
+                   check=True)
+    assert message.read_bytes() == SIGNATURE_CONTEXT + RAW
     subprocess.run(["openssl", *keygen, "-out", str(key)], check=True, capture_output=True)
     public = subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout"], check=True,
                             capture_output=True).stdout
-    args = [a.format(key=key, data=data, sig=sig) for a in sign]
+    args = [a.format(key=key, data=message, sig=sig) for a in sign]
     subprocess.run(["openssl", *args], check=True, capture_output=True)
-    assert Manifest.load(data, signature=sig, publisher_key=public).signed
+    assert Manifest.load(data, signature=sig, publisher_key=public, name=NAME).signed
     with pytest.raises(ManifestError, match="found an invalid one"):
-        Manifest.load(RAW.replace(b"1.2.0", b"1.2.9"), signature=sig, publisher_key=public)
+        Manifest.load(RAW.replace(b"1.2.0", b"1.2.9"), signature=sig, publisher_key=public, name=NAME)

@@ -356,7 +356,7 @@ def test_requirements_are_validated_and_normalised() -> None:
     with pytest.raises(ConfigurationError, match=r"egress_subset_of\[0\]: expected a port number"):
         PolicyRequirements(egress_subset_of=[("a.example", 0)])
     with pytest.raises(ConfigurationError, match=r"subset_of\[0\]: expected a host or a \(host, port"):
-        PolicyRequirements(egress_subset_of=[["a.example", 443]])  # type: ignore[list-item]
+        PolicyRequirements(egress_subset_of=[["a.example", 443, 80]])  # type: ignore[list-item]
     with pytest.raises(ConfigurationError, match="egress_subset_of: expected a list"):
         PolicyRequirements(egress_subset_of="a.example")
     a = PolicyRequirements(exact_digest=TOKEN.upper(),

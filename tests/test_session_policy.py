@@ -30,11 +30,13 @@ from blindbox.errors import (
     ConfigurationError,
     InvalidEnclaveCode,
     ManifestError,
+    ManifestTrustError,
     PolicyMismatchError,
     PolicyViolationError,
 )
 from blindbox.testing.server import EnclaveServer
 
+from .conftest import manifest_validity
 from .requests_support import SECRET, SECRET_BODY, SECRET_HEADERS, SECRET_PATH, server_bytes
 
 TOKEN_DIGEST = hashlib.sha256(b"data-owner bearer token").hexdigest()
@@ -92,8 +94,8 @@ def assert_secret_arrived(server: EnclaveServer) -> None:
 def manifest_doc(measurement: str, **members: Any) -> dict[str, Any]:
     inputs = {"ovmf_sha256": "ab" * 32, "vcpus": 4, "vcpu_type": "EPYC-Milan", "vmm": "qemu",
               "guest_features": "0x1"}
-    return {"schema": "blindbox-manifest-v1", "name": "fixture enclave", "version": "1.0.0",
-            "measurements": [{"digest": measurement, "inputs": inputs}], **members}
+    return {"schema": "blindbox-manifest-v2", "name": "fixture enclave", "version": "1.0.0",
+            **manifest_validity(), "measurements": [{"digest": measurement, "inputs": inputs}], **members}
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -342,8 +344,8 @@ def test_signed_manifest_good_and_bad(servers: dict[str, EnclaveServer], tmp_pat
     signature = sign_manifest(data, key)
     sig_path.write_bytes(signature)
     for sig in (signature, sig_path, str(sig_path)):
-        with br.SecureSession(server.address, manifest=path, manifest_signature=sig,
-                              publisher_key=public_pem, roots=server.roots_pem) as s:
+        with br.SecureSession(server.address, manifest=path, manifest_signature=sig, publisher_key=public_pem,
+                              manifest_name="fixture enclave", roots=server.roots_pem) as s:
             assert s.manifest is not None and s.manifest.signed
             assert s.manifest.sha256 == hashlib.sha256(data).hexdigest()
     before = server.connections
@@ -358,7 +360,8 @@ def test_signed_manifest_good_and_bad(servers: dict[str, EnclaveServer], tmp_pat
     ]
     for kwargs, match in bad_cases:
         with pytest.raises(ConfigurationError, match=match):
-            br.SecureSession(server.address, publisher_key=public_pem, roots=server.roots_pem, **kwargs)
+            br.SecureSession(server.address, publisher_key=public_pem, manifest_name="fixture enclave",
+                             roots=server.roots_pem, **kwargs)
     with pytest.raises(ManifestError, match="publisher_key"):  # a signature nobody checks proves nothing
         br.SecureSession(server.address, manifest=path, manifest_signature=signature, roots=server.roots_pem)
     assert server.connections == before
@@ -376,7 +379,8 @@ def test_manifest_from_https_url(servers: dict[str, EnclaveServer],
         mock.get(SIGNATURE_URL, body=sign_manifest(data, key))
         mock.add_passthru(server.url)
         with br.SecureSession(server.address, manifest=MANIFEST_URL, manifest_signature=SIGNATURE_URL,
-                              publisher_key=public_pem, roots=server.roots_pem) as s:
+                              publisher_key=public_pem, manifest_name="fixture enclave",
+                              roots=server.roots_pem) as s:
             assert s.manifest is not None and s.manifest.signed
             assert s.get("/after-url-manifest").json()["path"] == "/after-url-manifest"
         assert br.get(server.url + "/one-shot-url", manifest=MANIFEST_URL,
@@ -391,6 +395,53 @@ def test_manifest_from_https_url(servers: dict[str, EnclaveServer],
     with pytest.raises(ManifestError, match="https://"):  # plain http is refused before any request
         br.SecureSession(server.address, manifest="http://vendor.example/manifest.json",
                          roots=server.roots_pem)
+
+
+def test_served_rollback_and_swap_never_reach_the_enclave(
+    servers: dict[str, EnclaveServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 18 §1 end to end: the hosting serves an older release, then another product, of the same key."""
+    server = servers["open"]  # runs OLD, the measurement the vendor has since withdrawn
+    key = ed25519.Ed25519PrivateKey.generate()
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    v100 = encode({**manifest_doc(server.measurement), **manifest_validity(1)})
+    v110 = encode({**manifest_doc("cd" * 48, version="1.1.0", policy={"min_tcb": "amd-recommended"}),
+                   **manifest_validity(2)})
+    internal = encode({**manifest_doc(server.measurement, name="internal build",
+                                      policy={"debug": "any", "vmpls": [0, 1, 2, 3]}),
+                       **manifest_validity(9)})
+    served = {"manifest": b"", "signature": b""}
+
+    def serve(data: bytes) -> None:
+        served["manifest"], served["signature"] = data, sign_manifest(data, key)
+
+    before = server.connections
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback("GET", MANIFEST_URL, callback=lambda _: (200, {}, served["manifest"]))
+        mock.add_callback("GET", SIGNATURE_URL, callback=lambda _: (200, {}, served["signature"]))
+        mock.add_passthru(server.url)
+        options: dict[str, Any] = {"manifest": MANIFEST_URL, "manifest_signature": SIGNATURE_URL,
+                                   "publisher_key": public_pem, "roots": server.roots_pem}
+        serve(v110)  # the current release: this server does not run it
+        with pytest.raises(InvalidEnclaveCode):
+            br.SecureSession(server.address, manifest_name="fixture enclave", **options)
+        connections = server.connections
+        serve(v100)  # the withdrawn release, genuinely signed: a rollback
+        with pytest.raises(ManifestTrustError, match=r"sequence: expected at least 2 .* found 1"):
+            br.SecureSession(server.address, manifest_name="fixture enclave", **options)
+        serve(internal)  # another product of the same key
+        with pytest.raises(ManifestTrustError, match=r"expected 'fixture enclave'.*found 'internal build'"):
+            br.SecureSession(server.address, manifest_name="fixture enclave", **options)
+        monkeypatch.setenv("BLINDBOX_MANIFEST_NAME", "fixture enclave")  # the name from the environment
+        with pytest.raises(ManifestTrustError, match="found 'internal build'"):
+            br.get(server.url + "/x", **options)
+        with pytest.raises(ManifestTrustError, match=r"expected at least 3 \(min_sequence\), found 2"):
+            serve(v110)
+            br.SecureSession(server.address, min_sequence=3, **options)
+    assert server.connections == connections > before  # refused before connecting
+    with pytest.raises(ConfigurationError, match="min_sequence check a manifest, but no manifest was given"):
+        br.SecureSession(server.address, measurements=[server.measurement], min_sequence=2)
 
 
 # -- BLINDBOX_MANIFEST and the refusal ----------------------------------------------------------------
@@ -419,6 +470,25 @@ def test_blindbox_manifest_env_is_used_when_nothing_else_is_given(
         assert s.manifest is not None
     with pytest.raises(ManifestError, match=r"BLINDBOX_MANIFEST=.*missing\.json.*cannot read"):
         br.SecureSession(server.address, roots=server.roots_pem)
+
+
+@pytest.mark.parametrize("value", ['{"schema": "blindbox-manifest-v2"}', '  {"name": "x"}', "[]"])
+def test_blindbox_manifest_env_refuses_inline_json(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18 §8: the variable names a manifest (path or https:// URL); it never holds one."""
+    monkeypatch.setenv("BLINDBOX_MANIFEST", value)
+    with pytest.raises(ConfigurationError, match=r"BLINDBOX_MANIFEST: expected a manifest's path or https:// "
+                                                  r"URL, found inline JSON; put the manifest in a file"):
+        br.SecureSession("127.0.0.1:1", roots=None)
+
+
+def test_blindbox_manifest_env_url_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BLINDBOX_MANIFEST", "https://bucket.example/m.json?X-Amz-Signature=s3cr3t")
+    with responses.RequestsMock() as mock:
+        mock.get("https://bucket.example/m.json", status=403)
+        with pytest.raises(ManifestError) as info:
+            br.SecureSession("127.0.0.1:1")
+    assert str(info.value).startswith("BLINDBOX_MANIFEST=https://bucket.example: manifest: expected HTTP 200")
+    assert "s3cr3t" not in str(info.value)
 
 
 def test_blindbox_manifest_env_url(

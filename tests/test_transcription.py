@@ -27,6 +27,8 @@ from blindbox.cli import main as cli_main
 from blindbox.testing import EnclaveServer, LiveEvidence
 from blindbox.testing.transcribe_demo import EXAMPLE_DIR, load_example
 
+from .conftest import manifest_validity
+
 INSTALL_EXAMPLES = "pip install -e '.[examples]'"
 
 # Sentences of the demo vocabulary (demo.gram) with different content words.
@@ -332,7 +334,8 @@ def test_transcribe_script_takes_the_vendors_manifest(
         inputs = {"ovmf_sha256": "0" * 64, "vcpus": 1, "vcpu_type": "EPYC-v4", "vmm": "qemu",
                   "guest_features": "0x1"}
         path = tmp_path / f"manifest-{digest[:8]}.json"
-        path.write_text(json.dumps({"schema": "blindbox-manifest-v1", "name": "transcription", "version": "1",
+        path.write_text(json.dumps({"schema": "blindbox-manifest-v2", "name": "transcription", "version": "1",
+                                    **manifest_validity(),
                                     "measurements": [{"digest": digest, "inputs": inputs}]}))
         return str(path)
 

@@ -9,6 +9,7 @@ reorder text (bidi overrides) or fake a verdict.
 from __future__ import annotations
 
 import unicodedata
+from urllib.parse import urlsplit
 
 # Unicode categories that never print as themselves: controls (C0, DEL, C1), format characters
 # (bidi embeddings, overrides and isolates, zero-width joiners, the BOM), line and paragraph
@@ -49,3 +50,19 @@ def shown(text: str | bytes, limit: int | None = 200) -> str:
         text = text[:limit]
     out = "".join(char if is_safe_char(char) else _escape(char) for char in text)
     return out + "…" if cut else out
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, escaped: enough to say where, nothing of what.
+
+    No path, query, fragment or ``user:password@``: a pre-signed or capability URL carries its
+    token there, and messages and logs never echo it.
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return "an unparsable URL"
+    if not parts.scheme and not netloc:
+        return "a relative URL"
+    return shown(f"{parts.scheme}://{netloc}" if parts.scheme else f"//{netloc}")

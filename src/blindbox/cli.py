@@ -196,6 +196,11 @@ def _add_attest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         help="detached signature of the manifest (needs --publisher-key)")
     parser.add_argument("--publisher-key", metavar="PEM",
                         help="the manifest publisher's public key (PEM file) the signature must verify under")
+    parser.add_argument("--manifest-name", metavar="NAME",
+                        help="the product the manifest must name (needed with --publisher-key; default: "
+                             "BLINDBOX_MANIFEST_NAME)")
+    parser.add_argument("--min-sequence", type=int, metavar="N",
+                        help="refuse a manifest with a lower sequence")
     parser.add_argument("--roots", metavar="PEM",
                         help="trust these roots INSTEAD of AMD's (e.g. a SIMULATED fixture's roots.pem)")
     parser.add_argument("--no-nonce", action="store_true",
@@ -231,7 +236,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
         expectations = build_expectations(
             measurements=args.measurement, manifest=args.manifest, manifest_signature=args.manifest_signature,
             publisher_key=key, expected_policy=args.expected_policy, policy={}, caller="blindbox attest",
-            timeout=timeout,
+            timeout=timeout, manifest_name=args.manifest_name, min_sequence=args.min_sequence,
         )
     except (_UsageError, ConfigurationError, AttestationError) as exc:
         print(f"blindbox attest: {exc}", file=sys.stderr)
@@ -495,6 +500,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_measure(sub)
     _add_fixture(sub)
     _add_demo(sub)
+    from blindbox._manifest_cli import add_manifest_parser
+
+    add_manifest_parser(sub)
     return parser
 
 

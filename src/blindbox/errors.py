@@ -61,6 +61,14 @@ class OutdatedTcbWarning(UserWarning):
     """An accepted enclave runs below the TCB that AMD's security bulletins name as fixed."""
 
 
+class ManifestStateWarning(UserWarning):
+    """The manifest rollback state (highest sequence seen) could not be read or recorded.
+
+    The manifest was still checked against every other rule and any mark already recorded; only
+    the protection that the mark would give to later sessions is missing.
+    """
+
+
 class MeasurementError(ConfigurationError):
     """Measurement inputs that cannot give a trustworthy SEV-SNP digest (e.g. OVMF without SNP metadata)."""
 
@@ -80,6 +88,7 @@ __all__ = [
     "InsecureGuestPolicyError",
     "InvalidEnclaveCode",
     "ManifestError",
+    "ManifestStateWarning",
     "ManifestTrustError",
     "MeasurementError",
     "NotAnEnclaveError",

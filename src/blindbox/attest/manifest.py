@@ -1,26 +1,35 @@
 """Enclave manifests: what an enclave vendor publishes so users can decide which enclave to trust.
 
 A manifest (``docs/manifest.md``, schema ``docs/manifest.schema.json``) names
-the accepted launch measurements, each with the sev-snp-measure inputs that
-produce it (so anyone can recompute it), the appraisal policy, and the
+the product and release, the accepted launch measurements (each with the
+sev-snp-measure inputs claimed to produce it), the appraisal policy, and the
 requirements on the enclave's data-owner policy. :meth:`Manifest.load` reads
 it from a file, JSON text or bytes, a dict, or an ``https://`` URL (WebPKI
-verified, size-bounded); with ``publisher_key=`` pinned, a detached signature
-over the exact bytes is verified **before** anything is parsed. Every failure
-is a :class:`~blindbox.errors.ManifestError` naming the JSON path, what was
-expected and what was found. Unknown members are refused: a manifest is a
-security document and is never read partially.
+verified, size-bounded).
+
+With ``publisher_key=`` pinned the hosting is untrusted: a detached signature
+over a domain-separated message (:data:`SIGNATURE_CONTEXT`, then the exact
+bytes) is verified **before** anything is parsed; the caller names the product
+it expects (identity); the signed ``issued``/``expires`` window must contain
+now (freshness); and the signed ``sequence`` may never fall below
+``min_sequence`` or the highest sequence this user verified before under that
+key (no rollback, :mod:`blindbox.attest.sequence_state`). Those trust failures
+are :class:`~blindbox.errors.ManifestTrustError`; every other failure is a
+:class:`~blindbox.errors.ManifestError` naming the JSON path, what was expected
+and what was found. Unknown members are refused: a manifest is a security
+document and is never read partially.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -28,18 +37,28 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from blindbox._http import read_bounded
-from blindbox.attest import strict_json
+from blindbox._text import has_unsafe_chars, redact_url, shown
+from blindbox.attest import sequence_state, strict_json
 from blindbox.attest.measure import Measurement
 from blindbox.attest.owner_policy import PolicyRequirements, check_host
 from blindbox.attest.policy import AttestationPolicy
-from blindbox.errors import ConfigurationError, ManifestError
+from blindbox.errors import ConfigurationError, ManifestError, ManifestTrustError
 
-SCHEMA = "blindbox-manifest-v1"
+SCHEMA = "blindbox-manifest-v2"
+#: The only schema before v2: unsigned freshness, no sequence, signatures over the bare bytes.
+SCHEMA_V1 = "blindbox-manifest-v1"
+#: Signatures cover this context string, then the manifest's exact bytes (never the bytes alone).
+SIGNATURE_CONTEXT = b"blindbox-manifest-signature-v2\x00"
+#: How far in the future ``issued`` may be, for clocks that disagree a little.
+MAX_CLOCK_SKEW = _dt.timedelta(minutes=5)
+#: Largest ``sequence``: integers beyond 2**53 do not survive every JSON implementation.
+MAX_SEQUENCE = 2**53 - 1
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_SIGNATURE_BYTES = 1024
 MAX_MEASUREMENTS = 1024
 MAX_NAME_LENGTH = 128
 MAX_VERSION_LENGTH = 64
+MAX_DESCRIPTION_LENGTH = 1024
 MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = 10.0
 
@@ -47,8 +66,11 @@ Source = str | os.PathLike[str] | bytes | Mapping[str, Any]
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
-_TOP_MEMBERS = ("schema", "name", "version", "measurements", "policy", "owner_policy")
-_TOP_REQUIRED = ("schema", "name", "version", "measurements")
+_TOP_MEMBERS = (
+    "schema", "name", "version", "description", "sequence", "issued", "expires", "measurements", "policy",
+    "owner_policy",
+)
+_TOP_REQUIRED = ("schema", "name", "version", "sequence", "issued", "expires", "measurements")
 _ENTRY_MEMBERS = ("digest", "inputs")
 _INPUT_MEMBERS = (
     "ovmf_sha256", "ovmf_name", "ovmf_hash", "vcpus", "vcpu_type", "vmm",
@@ -59,7 +81,7 @@ _OWNER_MEMBERS = ("sha256", "authentication_required", "egress_subset_of")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _HEX96_RE = re.compile(r"[0-9a-f]{96}")
 _FEATURES_RE = re.compile(r"0x(?:0|[1-9a-f][0-9a-f]{0,15})")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _HASH_FOR_CURVE = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384}
 
@@ -69,16 +91,22 @@ class Manifest:
     """A validated enclave manifest. Build one with :meth:`Manifest.load`.
 
     ``sha256`` identifies the exact bytes read (``None`` when loaded from a
-    dict); ``signed`` tells whether a pinned publisher key verified them.
+    dict); ``signed`` tells whether a pinned publisher key verified them, and
+    ``publisher_key_sha256`` is that key's SPKI SHA-256 (hex).
     """
 
     name: str
     version: str
+    sequence: int
+    issued: _dt.datetime
+    expires: _dt.datetime
     measurements: tuple[Measurement, ...]
     sha256: str | None
     signed: bool
-    _policy: AttestationPolicy = field(repr=False)
-    _requirements: PolicyRequirements | None = field(repr=False)
+    description: str | None = None
+    publisher_key_sha256: str | None = None
+    _policy: AttestationPolicy = field(repr=False, kw_only=True)
+    _requirements: PolicyRequirements | None = field(repr=False, kw_only=True)
 
     @classmethod
     def load(
@@ -87,45 +115,110 @@ class Manifest:
         *,
         signature: bytes | str | os.PathLike[str] | None = None,
         publisher_key: str | bytes | None = None,
+        name: str | None = None,
+        min_sequence: int | None = None,
+        at: _dt.datetime | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> Manifest:
-        """Load and validate a manifest.
+        """Load, validate and (with ``publisher_key``) verify a manifest.
 
         ``source`` is a file path, an ``https://`` URL, JSON text (a string
-        starting with ``{``) or bytes, or an already-parsed dict. With
-        ``publisher_key`` (PEM of an Ed25519, ECDSA P-256 or P-384 public key),
-        ``signature`` (raw signature bytes, or a path or ``https://`` URL of the
-        detached signature file) must verify over the manifest's exact bytes,
-        else :class:`~blindbox.errors.ManifestError`; a dict cannot be verified
-        and is refused then.
+        starting with ``{``) or bytes, or an already-parsed dict.
+
+        With ``publisher_key`` (PEM of an Ed25519, ECDSA P-256 or P-384 public
+        key), ``signature`` (raw bytes, or a path or ``https://`` URL of the
+        detached signature) must verify over :data:`SIGNATURE_CONTEXT` followed
+        by the manifest's exact bytes, and ``name`` -- the product the caller
+        expects -- is required; the manifest's sequence must also be at least
+        the highest this user verified before under that key (recorded in the
+        user's state directory; see :mod:`blindbox.attest.sequence_state`).
+
+        Always: the manifest must be valid at ``at`` (default now; ``issued``
+        at most :data:`MAX_CLOCK_SKEW` ahead, ``expires`` not reached), carry
+        ``name`` when one is given, and a sequence of at least
+        ``min_sequence``. ``at`` is for offline checks of old material: the
+        recorded high-water mark is then neither consulted nor raised.
+
+        Trust failures raise :class:`~blindbox.errors.ManifestTrustError`;
+        anything malformed or misconfigured :class:`~blindbox.errors.ManifestError`.
         """
+        when = _check_at(at)
+        _check_expectations(name, min_sequence)  # before anything is read or fetched
         if isinstance(source, Mapping):
             if publisher_key is not None or signature is not None:
                 raise ManifestError(
                     "$: expected the manifest's bytes, path or URL when a signature is to be checked "
                     "(a signature covers exact bytes), found an already-parsed dict"
                 )
-            return _from_document(dict(source), sha256=None, signed=False)
-        raw = _read_source(source, timeout)
+            manifest = _from_document(dict(source), sha256=None, publisher=None)
+            manifest.check(name=name, min_sequence=min_sequence, at=when)
+            return manifest
+        key = None
         if publisher_key is not None:
             key = _load_publisher_key(publisher_key)
+            if name is None:
+                raise ManifestError(
+                    "manifest name: expected the name of the product you expect from this publisher "
+                    "(manifest_name= / --manifest-name / BLINDBOX_MANIFEST_NAME) when a publisher key is "
+                    "pinned -- one key may sign several products -- found none"
+                )
             if signature is None:
                 raise ManifestError(
                     "signature: expected a detached signature over the manifest (a publisher key is "
                     "pinned), found none"
                 )
-            _verify_signature(raw, _read_signature(signature, timeout), key)
         elif signature is not None:
             raise ManifestError(
                 "publisher_key: expected the publisher's pinned public key to check the given signature "
                 "against, found none (an unchecked signature proves nothing)"
             )
+        raw = _read_source(source, timeout)
+        publisher = None
+        if key is not None:
+            assert signature is not None
+            _verify_signature(raw, _read_signature(signature, timeout), key)
+            publisher = _spki_sha256(key)
         try:
             text = raw.decode("utf-8")
             doc = strict_json.loads(text)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ManifestError(f"$: expected a UTF-8 JSON object, found invalid JSON ({exc})") from None
-        return _from_document(doc, sha256=hashlib.sha256(raw).hexdigest(), signed=publisher_key is not None)
+        manifest = _from_document(doc, sha256=hashlib.sha256(raw).hexdigest(), publisher=publisher)
+        manifest.check(name=name, min_sequence=min_sequence, at=when)
+        if publisher is not None and at is None:
+            sequence_state.enforce(publisher, manifest.name, manifest.sequence)
+        return manifest
+
+    def check(self, *, name: str | None = None, min_sequence: int | None = None,
+              at: _dt.datetime | None = None) -> None:
+        """Raise :class:`~blindbox.errors.ManifestTrustError` unless this manifest is ``name``'s, valid
+        at ``at`` (default now) and at least ``min_sequence`` (what :meth:`load` checks after the
+        signature; use it again on a manifest held for a while)."""
+        when = _check_at(at)
+        _check_expectations(name, min_sequence)
+        if name is not None and name != self.name:
+            raise ManifestTrustError(
+                f"$.name: expected {shown(name)!r} (the product you asked for), found {shown(self.name)!r}: "
+                "a manifest of another product signed by the same publisher is not a substitute"
+            )
+        stamp = _format_time(when)
+        if when >= self.expires:
+            raise ManifestTrustError(
+                f"$.expires: expected a manifest still valid at {stamp}, found one that expired at "
+                f"{_format_time(self.expires)}; fetch the publisher's current manifest (pass at= / --at "
+                "only to check old material offline)"
+            )
+        if self.issued > when + MAX_CLOCK_SKEW:
+            raise ManifestTrustError(
+                f"$.issued: expected a time no later than {stamp} (plus "
+                f"{int(MAX_CLOCK_SKEW.total_seconds())} s of clock skew), found "
+                f"{_format_time(self.issued)}: issued in the future; check this machine's clock"
+            )
+        if min_sequence is not None and self.sequence < min_sequence:
+            raise ManifestTrustError(
+                f"$.sequence: expected at least {min_sequence} (min_sequence), found {self.sequence}: an "
+                "older release than the one you require"
+            )
 
     def attestation_policy(self) -> AttestationPolicy:
         """The appraisal policy: the accepted measurements plus the manifest's ``policy`` member."""
@@ -138,13 +231,16 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """The manifest as JSON-ready data (valid under ``docs/manifest.schema.json``)."""
         policy = {k: v for k, v in self._policy.to_dict().items() if k != "measurements"}
-        doc: dict[str, Any] = {
-            "schema": SCHEMA,
-            "name": self.name,
-            "version": self.version,
+        doc: dict[str, Any] = {"schema": SCHEMA, "name": self.name, "version": self.version}
+        if self.description is not None:
+            doc["description"] = self.description
+        doc.update({
+            "sequence": self.sequence,
+            "issued": _format_time(self.issued),
+            "expires": _format_time(self.expires),
             "measurements": [manifest_entry(m) for m in self.measurements],
             "policy": policy,
-        }
+        })
         if self._requirements is not None:
             doc["owner_policy"] = _requirements_to_dict(self._requirements)
         return doc
@@ -171,11 +267,13 @@ def manifest_entry(measurement: Measurement) -> dict[str, Any]:
 
 
 def sign_manifest(data: bytes, private_key: PrivateKey | str | bytes) -> bytes:
-    """A detached signature over the exact manifest bytes ``data``, for vendors.
+    """A detached signature over :data:`SIGNATURE_CONTEXT` + the exact manifest bytes ``data``, for vendors.
 
     ``private_key`` is an Ed25519 or ECDSA P-256/P-384 key (object, or
     unencrypted PEM). ECDSA signatures are DER, hashed with SHA-256 (P-256) or
-    SHA-384 (P-384) -- what ``openssl dgst -sha256 -sign`` writes.
+    SHA-384 (P-384) -- what ``openssl dgst -sha256 -sign`` writes over the
+    same message. The bytes are not validated here (``blindbox manifest sign``
+    does that first).
     """
     if not isinstance(data, bytes):
         raise ConfigurationError(f"data: expected the manifest's bytes, found {type(data).__name__}")
@@ -188,10 +286,11 @@ def sign_manifest(data: bytes, private_key: PrivateKey | str | bytes) -> bytes:
             raise ConfigurationError(
                 f"private_key: expected an unencrypted PEM private key, found an unreadable one ({exc})"
             ) from None
+    message = SIGNATURE_CONTEXT + data
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        return key.sign(data)
+        return key.sign(message)
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in _HASH_FOR_CURVE:
-        return key.sign(data, ec.ECDSA(_HASH_FOR_CURVE[key.curve.name]()))
+        return key.sign(message, ec.ECDSA(_HASH_FOR_CURVE[key.curve.name]()))
     raise ConfigurationError(
         f"private_key: expected an Ed25519 or ECDSA P-256/P-384 key, found {_key_kind(key)}"
     )
@@ -248,36 +347,69 @@ def _read_file(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
 
 
 def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
-    """GET ``url`` over WebPKI-verified HTTPS, following at most a few https-only redirects."""
+    """GET ``url`` over WebPKI-verified HTTPS, following at most a few https-only redirects.
+
+    Messages name a URL only as ``scheme://host[:port]`` (:func:`~blindbox._text.redact_url`): a
+    pre-signed URL carries its token in the query, and a password may sit in the userinfo.
+    """
     for _ in range(MAX_REDIRECTS + 1):
+        where = redact_url(url)
         if not url.lower().startswith("https://"):
             raise ManifestError(
-                f"{what} URL: expected https:// (fetched with WebPKI-verified TLS), found {url!r}"
+                f"{what} URL: expected https:// (fetched with WebPKI-verified TLS), found {where}"
             )
         try:
             response = requests.get(
                 url, timeout=timeout, stream=True, allow_redirects=False, verify=True,
                 headers={"Accept": "application/json, */*"},
             )
-        except requests.RequestException as exc:
-            raise ManifestError(f"{what}: fetching {url} failed ({type(exc).__name__}: {exc})") from None
+        except (requests.RequestException, ValueError) as exc:
+            # ValueError: requests parses a redirect's Location even with allow_redirects=False, and
+            # urllib raises it for e.g. an unclosed IPv6 bracket (found by fuzzing).
+            raise ManifestError(f"{what}: fetching {where} failed ({_cause(exc, url)})") from None
         with response:
             if response.is_redirect:
-                url = urljoin(url, response.headers["Location"])
+                location = response.headers["Location"]
+                try:
+                    url = urljoin(url, location)
+                    urlsplit(url).port  # noqa: B018 -- raises ValueError on a malformed host or port
+                except ValueError:
+                    raise ManifestError(
+                        f"{what}: expected a valid redirect Location from {where}, found "
+                        f"{shown(location, 80)!r}"
+                    ) from None
                 continue
             if response.status_code != 200:
                 raise ManifestError(
-                    f"{what}: expected HTTP 200 from {url}, found HTTP {response.status_code}"
+                    f"{what}: expected HTTP 200 from {where}, found HTTP {response.status_code}"
                 )
             try:
                 body = read_bounded(response, limit, chunk_size=64 * 1024)
             except requests.RequestException as exc:
-                raise ManifestError(f"{what}: reading {url} failed ({type(exc).__name__}: {exc})") from None
+                raise ManifestError(f"{what}: reading {where} failed ({_cause(exc, url)})") from None
             if body is None:
-                raise ManifestError(f"{what}: expected at most {limit} bytes from {url}, found more; refused")
+                raise ManifestError(
+                    f"{what}: expected at most {limit} bytes from {where}, found more; refused"
+                )
             return body
-    raise ManifestError(f"{what}: expected at most {MAX_REDIRECTS} redirects, found more (last: {url})")
+    raise ManifestError(
+        f"{what}: expected at most {MAX_REDIRECTS} redirects, found more (last: {redact_url(url)})"
+    )
 
+
+
+def _cause(exc: Exception, url: str) -> str:
+    """``exc`` for a message, without the URL's secrets (requests quotes the URL it failed on)."""
+    text = str(exc)
+    try:
+        parts = urlsplit(url)
+        secrets = (parts.query, parts.fragment, parts.username, parts.password)
+    except ValueError:
+        return type(exc).__name__
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return f"{type(exc).__name__}: {shown(text)}"
 
 
 # ------------------------------------------------------------------------------------- signatures
@@ -303,20 +435,38 @@ def _load_publisher_key(pem: object) -> PublicKey:
     )
 
 
-def _verify_signature(data: bytes, signature: bytes, key: PublicKey) -> None:
+def _spki_sha256(key: PublicKey) -> str:
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
+
+
+def _signature_valid(message: bytes, signature: bytes, key: PublicKey) -> bool:
     try:
         if isinstance(key, ed25519.Ed25519PublicKey):
-            algorithm = "Ed25519"
-            key.verify(signature, data)
+            key.verify(signature, message)
         else:
-            algorithm = f"ECDSA {key.curve.name}"
-            key.verify(signature, data, ec.ECDSA(_HASH_FOR_CURVE[key.curve.name]()))
+            key.verify(signature, message, ec.ECDSA(_HASH_FOR_CURVE[key.curve.name]()))
     except InvalidSignature:
-        raise ManifestError(
-            f"signature: expected a valid {algorithm} signature over the manifest's exact bytes by the "
-            f"pinned publisher key (SPKI SHA-256 {hashlib.sha256(spki).hexdigest()}), found an invalid one"
-        ) from None
+        return False
+    return True
+
+
+def _verify_signature(data: bytes, signature: bytes, key: PublicKey) -> None:
+    """Raise ManifestTrustError unless ``signature`` covers SIGNATURE_CONTEXT + ``data`` under ``key``."""
+    if _signature_valid(SIGNATURE_CONTEXT + data, signature, key):
+        return
+    algorithm = "Ed25519" if isinstance(key, ed25519.Ed25519PublicKey) else f"ECDSA {key.curve.name}"
+    expected = (
+        f"a valid {algorithm} signature over the v2 signing context and the manifest's exact bytes by the "
+        f"pinned publisher key (SPKI SHA-256 {_spki_sha256(key)})"
+    )
+    if _signature_valid(data, signature, key):  # only to explain the refusal: still refused
+        raise ManifestTrustError(
+            f"signature: expected {expected}, found a v1 signature over the bare bytes; v1 manifests are no "
+            "longer accepted: the publisher must re-issue it as blindbox-manifest-v2 (see docs/manifest.md, "
+            "`blindbox manifest create` and `blindbox manifest sign`)"
+        )
+    raise ManifestTrustError(f"signature: expected {expected}, found an invalid one")
 
 
 def _key_kind(key: object) -> str:
@@ -327,12 +477,29 @@ def _key_kind(key: object) -> str:
 # ------------------------------------------------------------------------------------- validation
 
 
-def _from_document(doc: object, *, sha256: str | None, signed: bool) -> Manifest:
+def _from_document(doc: object, *, sha256: str | None, publisher: str | None) -> Manifest:
+    if isinstance(doc, dict) and doc.get("schema") == SCHEMA_V1:
+        raise ManifestError(
+            f"$.schema: expected {SCHEMA!r}, found {SCHEMA_V1!r}: v1 manifests are no longer accepted (they "
+            "carry no validity period or sequence, and their signatures have no signing context). The "
+            "publisher re-issues it: set schema to blindbox-manifest-v2, add sequence, issued and expires "
+            "(or rebuild it with `blindbox manifest create`), and sign it again with `blindbox manifest sign`"
+        )
     top = _object(doc, "$", _TOP_MEMBERS, _TOP_REQUIRED)
     if top["schema"] != SCHEMA:
-        _fail("$.schema", f"{SCHEMA!r} (this BlindBox reads v1 manifests only)", top["schema"])
+        _fail("$.schema", f"{SCHEMA!r} (this BlindBox reads v2 manifests)", top["schema"])
     name = _text(top["name"], "$.name", MAX_NAME_LENGTH)
     version = _text(top["version"], "$.version", MAX_VERSION_LENGTH)
+    description = None
+    if "description" in top:
+        description = _text(top["description"], "$.description", MAX_DESCRIPTION_LENGTH)
+    sequence = top["sequence"]
+    if type(sequence) is not int or not 1 <= sequence <= MAX_SEQUENCE:
+        _fail("$.sequence", f"an integer from 1 to {MAX_SEQUENCE} (grows with each release)", sequence)
+    issued = _time(top["issued"], "$.issued")
+    expires = _time(top["expires"], "$.expires")
+    if expires <= issued:
+        _fail("$.expires", f"a time after issued ({_format_time(issued)})", top["expires"])
     entries = top["measurements"]
     if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_MEASUREMENTS:
         _fail("$.measurements", f"an array of 1 to {MAX_MEASUREMENTS} measurements", entries)
@@ -362,9 +529,14 @@ def _from_document(doc: object, *, sha256: str | None, signed: bool) -> Manifest
     return Manifest(
         name=name,
         version=version,
+        sequence=sequence,
+        issued=issued,
+        expires=expires,
         measurements=measurements,
         sha256=sha256,
-        signed=signed,
+        signed=publisher is not None,
+        description=description,
+        publisher_key_sha256=publisher,
         _policy=policy,
         _requirements=requirements,
     )
@@ -389,6 +561,8 @@ def _measurement(value: object, path: str) -> Measurement:
     for name in ("vmm", "vcpu_type", "ovmf_name", "append"):
         if name in inputs and not isinstance(inputs[name], str):
             _fail(f"{where}.{name}", "a string", inputs[name])
+        if name in inputs and has_unsafe_chars(inputs[name]):
+            _fail(f"{where}.{name}", "text without control, format or bidi characters", inputs[name])
     for name in ("initrd_sha256", "append"):
         if name in inputs and "kernel_sha256" not in inputs:
             raise ManifestError(
@@ -449,9 +623,11 @@ def _requirements(value: object, path: str) -> PolicyRequirements:
             ports = rule["ports"]
             if not isinstance(ports, list) or not ports:
                 _fail(f"{where}.ports", "a non-empty array of port numbers", ports)
+            listed: set[int] = set()  # a set, not a rescan: tens of thousands of ports fit in 1 MiB
             for port_index, port in enumerate(ports):
-                if type(port) is not int or not 1 <= port <= 65535 or port in ports[:port_index]:
+                if type(port) is not int or not 1 <= port <= 65535 or port in listed:
                     _fail(f"{where}.ports[{port_index}]", "a port from 1 to 65535 not listed before", port)
+                listed.add(port)
                 destinations.append((host, port))
     try:
         return PolicyRequirements(
@@ -499,9 +675,43 @@ def _object(value: object, path: str, members: tuple[str, ...], required: tuple[
 
 
 def _text(value: object, path: str, limit: int) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= limit or _CONTROL_RE.search(value):
-        _fail(path, f"a string of 1 to {limit} characters without control characters", value)
+    """Text that is shown to people: no C0/C1 controls, bidi overrides or other invisible characters."""
+    if not isinstance(value, str) or not 1 <= len(value) <= limit or has_unsafe_chars(value):
+        _fail(path, f"a string of 1 to {limit} characters without control, format or bidi characters", value)
     return value
+
+
+def _time(value: object, path: str) -> _dt.datetime:
+    """RFC 3339 in the one form manifests use: ``YYYY-MM-DDTHH:MM:SSZ`` (UTC, no fraction)."""
+    match = _TIME_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        _fail(path, "an RFC 3339 UTC time such as '2026-01-31T12:00:00Z'", value)
+    try:
+        year, month, day, hour, minute, second = map(int, match.groups())
+        return _dt.datetime(year, month, day, hour, minute, second, tzinfo=_dt.timezone.utc)
+    except ValueError:
+        _fail(path, "an existing date and time", value)
+
+
+def _format_time(when: _dt.datetime) -> str:
+    return when.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_expectations(name: object, min_sequence: object) -> None:
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ManifestError(f"name: expected the product name you expect, found {_describe(name)}")
+    if min_sequence is not None and (type(min_sequence) is not int or not 0 <= min_sequence <= MAX_SEQUENCE):
+        raise ManifestError(
+            f"min_sequence: expected an integer from 0 to {MAX_SEQUENCE}, found {_describe(min_sequence)}"
+        )
+
+
+def _check_at(at: object) -> _dt.datetime:
+    if at is None:
+        return _dt.datetime.now(_dt.timezone.utc)
+    if not isinstance(at, _dt.datetime) or at.tzinfo is None or at.utcoffset() is None:
+        raise ManifestError(f"at: expected a timezone-aware datetime, found {_describe(at)}")
+    return at
 
 
 def _fail(path: str, expected: str, found: object) -> NoReturn:
@@ -517,7 +727,6 @@ def _describe(value: object) -> str:
         return "an object"
     if isinstance(value, list):
         return f"an array of {len(value)}"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return repr(shown(value, 80)) if isinstance(value, str) else shown(repr(value), 80)
 
 

@@ -17,7 +17,7 @@ import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,11 +74,19 @@ def _check_port(port: object, where: str) -> int:
     return port
 
 
+def _items(values: object, where: str, expected: str) -> list[Any]:
+    """The items of a list-like ``values``; a str, bytes or mapping is refused, not iterated.
+
+    (Iterating ``{"host": [443]}`` would yield its keys and silently drop what the values said.)
+    """
+    if isinstance(values, (str, bytes, bytearray, Mapping)) or not isinstance(values, Collection):
+        raise ConfigurationError(f"{where}: expected {expected}, found {_show(values)}")
+    return list(values)
+
+
 def _check_digests(values: object, where: str) -> tuple[str, ...]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Collection):
-        raise ConfigurationError(f"{where}: expected a list of SHA-256 hex digests, found {_show(values)}")
     out: list[str] = []
-    for index, value in enumerate(values):
+    for index, value in enumerate(_items(values, where, "a list of SHA-256 hex digests")):
         if not isinstance(value, str) or not _HEX64_RE.fullmatch(value):
             raise ConfigurationError(
                 f"{where}[{index}]: expected 64 lowercase hex characters (a SHA-256 digest), "
@@ -99,11 +107,11 @@ class EgressRule:
 
     def __post_init__(self) -> None:
         check_host(self.host, "egress host")
-        if isinstance(self.ports, (str, bytes)) or not isinstance(self.ports, Collection) or not self.ports:
-            raise ConfigurationError(
-                f"egress {self.host} ports: expected a non-empty list of ports, found {_show(self.ports)}"
-            )
-        ports = [_check_port(p, f"egress {self.host} ports") for p in self.ports]
+        where = f"egress {self.host} ports"
+        items = _items(self.ports, where, "a non-empty list of ports")
+        if not items:
+            raise ConfigurationError(f"{where}: expected a non-empty list of ports, found []")
+        ports = [_check_port(p, where) for p in items]
         if len(set(ports)) != len(ports):
             raise ConfigurationError(f"egress {self.host} ports: expected distinct ports, found a duplicate")
         object.__setattr__(self, "ports", tuple(sorted(ports)))
@@ -144,9 +152,7 @@ class OwnerPolicy:
                 f"authentication: expected no accepted credentials when authentication is not required, "
                 f"found {len(tokens) + len(spkis)} (a listed credential must mean it is enforced)"
             )
-        rules = self.egress_allow
-        if isinstance(rules, (str, bytes)) or not isinstance(rules, Collection):
-            raise ConfigurationError(f"egress.allow: expected a list of egress rules, found {_show(rules)}")
+        rules = _items(self.egress_allow, "egress.allow", "a list of egress rules")
         for rule in rules:
             if not isinstance(rule, EgressRule):
                 raise ConfigurationError(f"egress.allow: expected EgressRule items, found {_show(rule)}")
@@ -304,8 +310,10 @@ class PolicyRequirements:
 
     - ``exact_digest``: the policy's SHA-256 (hex) must be exactly this;
     - ``authentication_required``: the policy must (True) or must not (False) require authentication;
-    - ``egress_subset_of``: hosts (any port) and ``(host, port)`` pairs; the policy must deny all
-      egress or allow only destinations in this set (an empty set requires deny-all).
+    - ``egress_subset_of``: the destinations the policy may allow; it must deny all egress or allow
+      only these (an empty collection requires deny-all). Either a collection of hosts (any port)
+      and ``(host, port)`` pairs (``[host, port]`` lists too, as JSON gives them), or a mapping
+      ``{host: [ports]}``, read as those ports of each host (never as "the keys, any port").
 
     Evidence without a policy fails every requirement. At least one requirement must be given.
     """
@@ -362,7 +370,7 @@ class PolicyRequirements:
                 f"found {str(parsed.authentication_required).lower()}"
             )
         if self.egress_subset_of is not None:
-            admitted = self.egress_subset_of
+            admitted = set(self.egress_subset_of)  # a set: membership per served port stays O(1)
             outside = [
                 (rule.host, port)
                 for rule in parsed.egress_allow
@@ -397,20 +405,36 @@ class PolicyRequirements:
 
 
 def _normalise_destinations(items: object) -> tuple[str | tuple[str, int], ...]:
-    if isinstance(items, (str, bytes)) or not isinstance(items, Collection):
-        raise ConfigurationError(
-            f"egress_subset_of: expected a list of hosts and (host, port) pairs, found {_show(items)}"
-        )
     hosts: set[str] = set()
     pairs: set[tuple[str, int]] = set()
-    for index, item in enumerate(items):
+    valid: set[str] = set()
+
+    def check(host: object, where: str) -> str:  # each distinct host is checked once, not once per port
+        checked = host if isinstance(host, str) and host in valid else check_host(host, where)
+        valid.add(checked)
+        return checked
+
+    if isinstance(items, Mapping):
+        for host, ports in items.items():
+            where = f"egress_subset_of[{_show(host)}]"
+            check_host(host, where)
+            listed = _items(ports, where, "a non-empty list of ports for this host (a plain host in a "
+                            "list means any port)")
+            if not listed:
+                raise ConfigurationError(f"{where}: expected a non-empty list of ports, found []")
+            pairs.update((host, _check_port(port, where)) for port in listed)
+        return tuple(sorted(pairs))
+    expected = "a list of hosts and (host, port) pairs, or a mapping {host: [ports]}"
+    for index, item in enumerate(_items(items, "egress_subset_of", expected)):
         where = f"egress_subset_of[{index}]"
         if isinstance(item, str):
-            hosts.add(check_host(item, where))
-        elif isinstance(item, tuple) and len(item) == 2:
-            pairs.add((check_host(item[0], where), _check_port(item[1], where)))
+            hosts.add(check(item, where))
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            pairs.add((check(item[0], where), _check_port(item[1], where)))
         else:
-            raise ConfigurationError(f"{where}: expected a host or a (host, port) pair, found {_show(item)}")
+            raise ConfigurationError(
+                f"{where}: expected a host or a (host, port) pair, found {_show(item)}"
+            )
     out: list[str | tuple[str, int]] = list(hosts)
     out.extend(pair for pair in pairs if pair[0] not in hosts)
     return tuple(sorted(out, key=lambda d: (d, 0) if isinstance(d, str) else d))

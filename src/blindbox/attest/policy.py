@@ -104,9 +104,18 @@ def parse_measurement(value: str | bytes) -> bytes:
 
 
 def _values(field: str, value: object) -> list[Any]:
-    """A bare value or an iterable of values as a list (a str/bytes is one value)."""
+    """A bare value or an iterable of values as a list (a str/bytes is one value).
+
+    A mapping is refused, never iterated: ``vmpls={0: True, 1: False}`` would otherwise accept
+    both keys and silently drop what the values said.
+    """
     if isinstance(value, (str, bytes, bytearray, int, enum.Enum)):
         return [value]
+    if isinstance(value, Mapping):
+        raise TypeError(
+            f"{field}: expected a value or a list of values, got a mapping ({type(value).__name__}); "
+            "pass the accepted values themselves"
+        )
     if isinstance(value, Iterable):
         return list(value)
     raise TypeError(f"{field}: expected a value or an iterable of values, got {type(value).__name__}")
@@ -548,9 +557,11 @@ class AttestationPolicy:
             put("csp_ids", None)
         else:
             csps = _values("csp_ids", csp_ids)
-            if not csps or not all(isinstance(c, str) and c and c.isascii() for c in csps):
+            printable = all(isinstance(c, str) and c and c.isascii() and c.isprintable() for c in csps)
+            if not csps or not printable:
                 raise ConfigurationError(
-                    f"csp_ids: expected non-empty ASCII strings such as 'CN=cc-us-east-2.amazonaws.com', "
+                    "csp_ids: expected non-empty printable ASCII strings such as "
+                    "'CN=cc-us-east-2.amazonaws.com', "
                     f"got {csps!r}"
                 )
             if SigningKey.VLEK not in keys:

@@ -6,8 +6,8 @@ request (its connection attests first) and closes the session, exactly as
 bounded by the call's connect timeout, or by 30 s per step when it gives none
 (``requests.get`` would wait for ever on a server that never answers). The
 attestation keywords (``measurements``, ``manifest``, ``manifest_signature``,
-``publisher_key``, ``expected_policy``, ``roots``, ``nonce`` and the policy
-fields) are taken out; everything else goes to ``Session.request``.
+``publisher_key``, ``manifest_name``, ``min_sequence``, ``expected_policy``,
+``roots``, ``nonce`` and the policy fields) are taken out; everything else goes to ``Session.request``.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def request(
     manifest: ManifestSource | None = None,
     manifest_signature: bytes | str | os.PathLike[str] | None = None,
     publisher_key: str | bytes | None = None,
+    manifest_name: str | None = None,
+    min_sequence: int | None = None,
     expected_policy: ExpectedPolicy | None = None,
     roots: Roots | None = None,
     kds: KdsSource | None = None,
@@ -79,6 +81,7 @@ def request(
     policy = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
     with _OneShotSession(origin.url, measurements=measurements, manifest=manifest,
                          manifest_signature=manifest_signature, publisher_key=publisher_key,
+                         manifest_name=manifest_name, min_sequence=min_sequence,
                          expected_policy=expected_policy, roots=roots, kds=kds, nonce=nonce,
                          timeout=_attestation_timeout(kwargs.get("timeout")), **policy) as session:
         return session.request(method=method, url=target, **kwargs)

@@ -6,11 +6,15 @@ how they combine (never two sources for one decision):
 - ``measurements=`` (with policy keywords such as ``debug=Rule.ANY``), or
 - ``manifest=`` (a :class:`~blindbox.attest.manifest.Manifest`, a path, an
   ``https://`` URL, a dict or JSON text; ``manifest_signature=`` and
-  ``publisher_key=`` verify a detached signature). A manifest is a complete
-  appraisal policy, so measurements or policy keywords given with it are
-  refused as ambiguous; edit the manifest's ``policy`` instead.
-- With neither, the manifest named by ``BLINDBOX_MANIFEST`` (a path or an
-  ``https://`` URL). With nothing at all there is no secure answer: refused.
+  ``publisher_key=`` verify a detached signature, ``manifest_name=`` (or
+  ``BLINDBOX_MANIFEST_NAME``) names the product expected -- required with a
+  publisher key -- and ``min_sequence=`` the oldest release accepted). A
+  manifest is a complete appraisal policy, so measurements or policy keywords
+  given with it are refused as ambiguous; edit the manifest's ``policy`` instead.
+- With neither, the manifest named by ``BLINDBOX_MANIFEST``: a path or an
+  ``https://`` URL only (inline JSON is refused: an environment variable is
+  too easy to set from elsewhere to hold the policy itself). With nothing at
+  all there is no secure answer: refused.
 - ``expected_policy=``: requirements on the data-owner policy (an exact
   SHA-256, a :class:`~blindbox.attest.owner_policy.PolicyRequirements` or a
   dict of its fields). Refused when the manifest already states
@@ -23,10 +27,12 @@ import dataclasses
 import functools
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from blindbox._text import redact_url, shown
 from blindbox.attest.manifest import Manifest
 from blindbox.attest.owner_policy import PolicyRequirements
 from blindbox.attest.policy import AttestationPolicy
@@ -43,6 +49,8 @@ ExpectedPolicy = str | PolicyRequirements | Mapping[str, Any]
 DEFAULT_TIMEOUT = 30.0
 #: Environment variable naming the manifest (path or https:// URL) used when nothing else is given.
 MANIFEST_ENV = "BLINDBOX_MANIFEST"
+#: Environment variable naming the product expected from a manifest when ``manifest_name=`` is not given.
+MANIFEST_NAME_ENV = "BLINDBOX_MANIFEST_NAME"
 
 NO_MEASUREMENT_HELP = (
     "no expected launch measurement: BlindBox will not send data to an enclave whose code it "
@@ -51,6 +59,7 @@ NO_MEASUREMENT_HELP = (
     "vendor's manifest: a path, an https:// URL or a dict), or set the environment variable "
     f"{MANIFEST_ENV} to a manifest's path or https:// URL"
 )
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _REQUIREMENT_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyRequirements))
 
 
@@ -78,10 +87,13 @@ def build_expectations(
     policy: Mapping[str, Any],
     caller: str,
     timeout: float = DEFAULT_TIMEOUT,
+    manifest_name: str | None = None,
+    min_sequence: int | None = None,
 ) -> Expectations:
     """Decide what the session accepts, or refuse (ConfigurationError; TypeError for unknown keywords).
 
-    ``timeout`` bounds a manifest fetched from an ``https://`` URL.
+    ``timeout`` bounds a manifest fetched from an ``https://`` URL. ``manifest_name`` defaults to
+    ``BLINDBOX_MANIFEST_NAME``.
     """
     _check_policy_names(policy, caller)
     requirements = parse_expected_policy(expected_policy)
@@ -89,11 +101,16 @@ def build_expectations(
     if manifest is None and measurements is None:
         named = os.environ.get(MANIFEST_ENV, "").strip()
         if named:
-            manifest, origin = named, f"{MANIFEST_ENV}={named!r}"
+            manifest, origin = _manifest_from_env(named), f"{MANIFEST_ENV}={describe_source(named)}"
+    if manifest_name is None:
+        manifest_name = os.environ.get(MANIFEST_NAME_ENV, "").strip() or None
     if manifest is None:
-        if manifest_signature is not None or publisher_key is not None:
+        given = [name for name, value in (("manifest_signature", manifest_signature),
+                                          ("publisher_key", publisher_key), ("min_sequence", min_sequence))
+                 if value is not None]
+        if given:
             raise ConfigurationError(
-                f"{caller}: manifest_signature and publisher_key verify a manifest, but no manifest was "
+                f"{caller}: {', '.join(given)} check a manifest, but no manifest was "
                 f"given (pass manifest= or set {MANIFEST_ENV})"
             )
         return Expectations(build_policy(measurements, policy, caller=caller), requirements, None)
@@ -108,15 +125,18 @@ def build_expectations(
             f"{', '.join(map(repr, sorted(policy)))} given with it would be ambiguous; change the "
             "manifest's 'policy' member instead (e.g. Manifest.load(...).to_dict(), edited, as manifest=)"
         )
-    loaded = _load_manifest(manifest, manifest_signature, publisher_key, timeout, origin)
+    loaded = _load_manifest(manifest, manifest_signature, publisher_key, manifest_name, min_sequence,
+                            timeout, origin)
     stated = loaded.policy_requirements()
     if stated is not None and requirements is not None:
         raise ConfigurationError(
             f"{caller}: the manifest already states data-owner policy requirements (owner_policy), so "
             "expected_policy would be ambiguous; pass one of them"
         )
-    log.debug("using manifest %r version %r from %s (sha256 %s, %s)", loaded.name, loaded.version, origin,
-              loaded.sha256 or "n/a", "signature verified" if loaded.signed else "unsigned")
+    log.debug("using manifest %r version %r sequence %d from %s (sha256 %s, %s)", shown(loaded.name),
+              shown(loaded.version), loaded.sequence, origin if origin != "manifest=" else
+              f"manifest={describe_source(manifest)}", loaded.sha256 or "n/a",
+              "signature verified" if loaded.signed else "unsigned")
     return Expectations(loaded.attestation_policy(), stated or requirements, loaded)
 
 
@@ -126,10 +146,10 @@ def build_policy(measurements: Measurements | None, policy: Mapping[str, Any],
     _check_policy_names(policy, caller)
     if measurements is None:
         raise ConfigurationError(f"{caller}: {NO_MEASUREMENT_HELP}")
-    values = [measurements] if isinstance(measurements, (str, bytes)) else list(measurements)
-    if not values:
+    if isinstance(measurements, Collection) and not isinstance(measurements, (str, bytes)) \
+            and not isinstance(measurements, Mapping) and not measurements:
         raise ConfigurationError(f"{caller}: measurements is empty; {NO_MEASUREMENT_HELP}")
-    return AttestationPolicy.for_measurements(values, **policy)
+    return AttestationPolicy.for_measurements(measurements, **policy)
 
 
 def parse_expected_policy(value: ExpectedPolicy | None) -> PolicyRequirements | None:
@@ -186,18 +206,45 @@ def _check_policy_names(policy: Mapping[str, Any], caller: str) -> None:
         )
 
 
+def describe_source(source: object) -> str:
+    """A manifest source for messages and logs: a URL as ``scheme://host[:port]`` only (a pre-signed
+    URL carries its token in the query), a path escaped, anything else by its kind."""
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        return "JSON text"
+    if isinstance(source, str) and _URL_RE.match(source):
+        return redact_url(source)
+    if isinstance(source, (str, os.PathLike)):
+        return repr(shown(os.fspath(source)))
+    return type(source).__name__
+
+
+def _manifest_from_env(value: str) -> str:
+    """``BLINDBOX_MANIFEST``: a path or an https:// URL; inline JSON is refused, not guessed at."""
+    if value.startswith(("{", "[")):
+        raise ConfigurationError(
+            f"{MANIFEST_ENV}: expected a manifest's path or https:// URL, found inline JSON; put the "
+            "manifest in a file (or pass it as manifest= in code) and name that file here"
+        )
+    return value
+
+
 def _load_manifest(source: ManifestSource, signature: bytes | str | os.PathLike[str] | None,
-                   publisher_key: str | bytes | None, timeout: float, origin: str) -> Manifest:
+                   publisher_key: str | bytes | None, name: str | None, min_sequence: int | None,
+                   timeout: float, origin: str) -> Manifest:
     if isinstance(source, Manifest):
         if signature is not None or publisher_key is not None:
             raise ConfigurationError(
                 "manifest: a loaded Manifest cannot be checked against manifest_signature/publisher_key "
                 "(a signature covers exact bytes); pass the manifest's path, URL or bytes instead"
             )
+        # Checked when it was loaded; the caller's identity and minimum still apply.
+        source.check(name=name, min_sequence=min_sequence)
         return source
     try:
-        return Manifest.load(source, signature=signature, publisher_key=publisher_key, timeout=timeout)
+        return Manifest.load(source, signature=signature, publisher_key=publisher_key, name=name,
+                             min_sequence=min_sequence, timeout=timeout)
     except ManifestError as exc:
         if origin.startswith(MANIFEST_ENV):
-            raise ManifestError(f"{origin}: {exc}") from None
+            raise type(exc)(f"{origin}: {exc}") from None
         raise
+

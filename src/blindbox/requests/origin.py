@@ -14,9 +14,12 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 import idna
 
+from blindbox._text import redact_url as redact
 from blindbox.errors import ConfigurationError, OriginRefusedError
 
 HTTPS_PORT = 443
+
+__all__ = ["HTTPS_PORT", "Origin", "redact"]
 
 
 def _split(url: str) -> tuple[SplitResult, int]:
@@ -163,11 +166,3 @@ class Origin:
                 f"url: expected the attested origin {self.url}, found {redact(text)}; nothing was sent"
             )
 
-
-def redact(url: str) -> str:
-    """``scheme://host[:port]`` of ``url``: enough to say where, nothing of what (no path, query, user)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    if not parts.scheme and not netloc:
-        return "a relative URL"
-    return f"{parts.scheme}://{netloc}" if parts.scheme else f"//{netloc}"

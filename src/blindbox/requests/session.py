@@ -53,7 +53,10 @@ class SecureSession(requests.Session):
     - ``manifest``: the enclave vendor's manifest (a
       :class:`~blindbox.attest.manifest.Manifest`, a path, an ``https://``
       URL, a dict or JSON text), checked against ``manifest_signature`` by
-      ``publisher_key`` when one is pinned. Its appraisal policy and
+      ``publisher_key`` when one is pinned; then ``manifest_name`` (or
+      ``BLINDBOX_MANIFEST_NAME``) must name the product expected, and the
+      manifest's sequence may not fall below ``min_sequence`` nor below the
+      highest this user verified before (docs/manifest.md). Its appraisal policy and
       ``owner_policy`` requirements apply; measurements or policy fields
       given as well are refused as ambiguous (edit the manifest instead);
     - with neither, the manifest named by the ``BLINDBOX_MANIFEST``
@@ -92,6 +95,8 @@ class SecureSession(requests.Session):
         manifest: ManifestSource | None = None,
         manifest_signature: bytes | str | os.PathLike[str] | None = None,
         publisher_key: str | bytes | None = None,
+        manifest_name: str | None = None,
+        min_sequence: int | None = None,
         expected_policy: ExpectedPolicy | None = None,
         roots: Roots | None = None,
         kds: KdsSource | None = None,
@@ -103,7 +108,7 @@ class SecureSession(requests.Session):
         expectations = build_expectations(
             measurements=measurements, manifest=manifest, manifest_signature=manifest_signature,
             publisher_key=publisher_key, expected_policy=expected_policy, policy=policy,
-            caller=self._caller, timeout=seconds,
+            caller=self._caller, timeout=seconds, manifest_name=manifest_name, min_sequence=min_sequence,
         )
         attestation_policy = expectations.policy
         origin = Origin.parse(addr)
