@@ -36,6 +36,14 @@ def check_binding(report_data: bytes, spki_der: bytes, policy: bytes | None, non
     """Raise :class:`BindingMismatchError` unless ``report_data`` binds exactly these values."""
     expected = expected_report_data(spki_der, policy, nonce)
     if not hmac.compare_digest(expected, report_data):
+        if nonce is not None and hmac.compare_digest(expected_report_data(spki_der, policy, None),
+                                                     report_data):
+            raise BindingMismatchError(
+                "report_data: expected a binding of the nonce sent, found one of this TLS key and "
+                f"{'the served policy' if policy is not None else 'no policy'} with no nonce: recorded "
+                "evidence (a fixture) cannot answer a fresh nonce; accept it with nonce=False "
+                "(blindbox attest --no-nonce), knowing that it can then be replayed"
+            )
         raise BindingMismatchError(
             "report_data: expected SHA-512 binding of this connection's TLS key "
             f"(SPKI SHA-256 {hashlib.sha256(spki_der).hexdigest()[:16]}...), "

@@ -32,7 +32,7 @@ from blindbox.attest import strict_json
 from blindbox.attest.measure import Measurement
 from blindbox.attest.owner_policy import PolicyRequirements, check_host
 from blindbox.attest.policy import AttestationPolicy
-from blindbox.errors import ConfigurationError, ManifestError
+from blindbox.errors import ConfigurationError, ManifestError, ManifestTrustError
 
 SCHEMA = "blindbox-manifest-v1"
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -313,7 +313,7 @@ def _verify_signature(data: bytes, signature: bytes, key: PublicKey) -> None:
             algorithm = f"ECDSA {key.curve.name}"
             key.verify(signature, data, ec.ECDSA(_HASH_FOR_CURVE[key.curve.name]()))
     except InvalidSignature:
-        raise ManifestError(
+        raise ManifestTrustError(
             f"signature: expected a valid {algorithm} signature over the manifest's exact bytes by the "
             f"pinned publisher key (SPKI SHA-256 {hashlib.sha256(spki).hexdigest()}), found an invalid one"
         ) from None

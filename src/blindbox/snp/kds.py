@@ -43,7 +43,12 @@ import platformdirs
 import requests
 
 from blindbox._http import read_bounded
-from blindbox.errors import AttestationError, ConfigurationError, NotAnEnclaveError
+from blindbox.errors import (
+    AttestationError,
+    ConfigurationError,
+    NotAnEnclaveError,
+    VerificationIncompleteError,
+)
 from blindbox.snp.certificate import AmdCertificate, load_all
 from blindbox.snp.chain import CertificateChain
 from blindbox.snp.crl import MAX_CRL_SIZE, RevocationList, check_revocation
@@ -65,7 +70,7 @@ _SPL_PARAMETERS = {"fmc": "fmcSPL", "bootloader": "blSPL", "tee": "teeSPL", "snp
 _SPL_SHORT = {"fmc": "fmc", "bootloader": "bl", "tee": "tee", "snp": "snp", "microcode": "uc"}
 
 
-class KdsError(NotAnEnclaveError):
+class KdsError(NotAnEnclaveError, VerificationIncompleteError):
     """AMD KDS did not deliver what was needed (missing, unavailable, oversized...)."""
 
     def __init__(self, message: str, url: str = "") -> None:
