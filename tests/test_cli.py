@@ -261,7 +261,8 @@ def test_garbage_chain_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     chain = tmp_path / "chain.pem"
     chain.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     assert main(_argv(GENOA, "--chain", str(chain))) == 1
-    assert capsys.readouterr().err.startswith("blindbox verify: NotAnEnclaveError: certificate: malformed DER")
+    err = capsys.readouterr().err
+    assert err.startswith("blindbox verify: NotAnEnclaveError: certificate: malformed DER")
 
 
 # --- Usage errors: exit 2 --------------------------------------------------------------------------
@@ -417,7 +418,8 @@ def test_offline_end_to_end_with_a_hand_provisioned_cache(
     vcek = kds / "vcek" / "Genoa" / GENOA.entry["chip_id"] / "bl10_tee0_snp25_uc84.der"
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith("blindbox verify: NotAnEnclaveError: offline: the Genoa VCEK") and f"not cached at {vcek}" in err
+    assert err.startswith("blindbox verify: NotAnEnclaveError: offline: the Genoa VCEK")
+    assert f"not cached at {vcek}" in err
     vcek.parent.mkdir(parents=True)
     vcek.write_bytes(GENOA.cert)
     crl = kds / "crl" / "vcek" / "Genoa.crl"

@@ -173,7 +173,7 @@ def test_json_shape(honest: EnclaveServer, tmp_path: Path, capsys: pytest.Captur
     assert code == 1 and doc["passed"] is False and doc["nonce"] is None
     assert doc["attestation"]["nonce"] == "none (recorded evidence)"
     assert [c["name"] for c in doc["checks"] if c["verdict"] == "fail"] == ["measurement"]
-    assert [c["error"] for c in doc["checks"] if "error" in c] == ["InvalidEnclaveCode"]  # the failed one only
+    assert [c["error"] for c in doc["checks"] if "error" in c] == ["InvalidEnclaveCode"]  # only the failure
 
 
 def test_expected_policy_mismatch_is_a_failed_check(
