@@ -388,7 +388,10 @@ def _attest_live(origin: Origin, attestor: _AssessingAttestor, timeout: float, *
     evidence request is sent. Raises :class:`VerificationIncompleteError` when the server
     (or the proxy) cannot be reached or stops answering.
     """
+    from requests.utils import select_proxy
+
     from blindbox.requests.adapter import AttestedAdapter
+    from blindbox.requests.origin import redact
 
     environment = requests.Session()
     environment.trust_env = use_proxy_env
@@ -404,8 +407,8 @@ def _attest_live(origin: Origin, attestor: _AssessingAttestor, timeout: float, *
     except AttestationError:
         raise
     except requests.RequestException as exc:
-        via = f" through the proxy {settings['proxies'].get('https')}" \
-            if isinstance(exc, requests.exceptions.ProxyError) else ""
+        proxy = select_proxy(origin.url, settings["proxies"])
+        via = f" through the proxy {redact(proxy)}" if proxy else ""  # never its credentials
         raise VerificationIncompleteError(
             f"cannot attest {origin.url}{via}: {type(exc).__name__}: {_network_reason(exc)}"
         ) from exc
