@@ -35,7 +35,7 @@ from blindbox.errors import (
 )
 from blindbox.snp.kds import KdsClient, KdsError, KdsRateLimitedError
 from blindbox.testing.evidence import LiveEvidence
-from blindbox.testing.server import EnclaveServer
+from blindbox.testing.server import EnclaveServer, Fault
 
 from .conftest import VECTORS
 from .test_cli import GENOA, _argv
@@ -170,6 +170,15 @@ def test_attest_statuses(enclave: EnclaveServer, tmp_path: Path, capsys: pytest.
     assert code == 2 and "plain HTTP" in err
     code, _, err = run(capsys, "attest", f"127.0.0.1:{closed_port()}", "--measurement", OTHER)
     assert code == 4 and "VerificationIncompleteError: cannot attest" in err
+
+
+def test_attest_evidence_that_never_comes_is_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with EnclaveServer(evidence=LiveEvidence.create(), faults=[Fault.SLOW_EVIDENCE], slow_seconds=5) as slow:
+        code, out, err = run(capsys, "attest", slow.url, "--measurement", slow.measurement,
+                             "--roots", roots(slow, tmp_path), "--timeout", "0.5")
+    assert (code, out) == (4, "")
+    assert err.startswith(f"blindbox attest: VerificationIncompleteError: cannot attest {slow.url}: ")
+    assert err.endswith(": ConnectTimeout: evidence exchange: no complete answer within 0.5 s\n")
 
 
 def test_attest_forged_manifest_signature_is_3(

@@ -364,18 +364,17 @@ def _cmd_attest(args: argparse.Namespace) -> int:
 
 
 def _network_reason(error: BaseException) -> str:
-    """The innermost cause of a connection failure, said once (not urllib3's nested reprs)."""
+    """What failed, said once: the first cause below requests' and urllib3's wrappers (whose own
+    text nests reprs of connection objects)."""
     cause: BaseException = error
-    while True:
-        inner = cause.__cause__ or (cause.args[0] if cause.args and isinstance(cause.args[0], BaseException)
-                                    else None)
-        if inner is None or inner is cause:
+    while type(cause).__module__.partition(".")[0] in ("requests", "urllib3"):
+        inner = cause.__cause__ or next((a for a in cause.args if isinstance(a, BaseException)), None)
+        if inner is None:
             break
         cause = inner
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror
-    text = str(cause)
-    return text.split(": ", 1)[1] if text.startswith("<") and ": " in text else text
+    return str(cause)
 
 
 def _attest_live(origin: Origin, attestor: _AssessingAttestor, timeout: float, *,
