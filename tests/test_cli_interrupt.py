@@ -93,7 +93,7 @@ def interrupt(proc: subprocess.Popen[str], command: str, *, only_line: bool = Tr
     if only_line:
         assert err == f"blindbox {command}: interrupted\n", err
     else:
-        assert err.endswith(f"\nblindbox {command}: interrupted\n") or err == f"blindbox {command}: interrupted\n"
+        assert err.splitlines()[-1] == f"blindbox {command}: interrupted" and err.endswith("\n"), err
         assert err.count("interrupted") == 1, err
     assert proc.returncode == 130
     return out
