@@ -359,7 +359,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
                           "checks": assessment.to_dict(), "passed": assessment.passed,
                           "attestation": assessment.summary()}, indent=2))
     else:
-        _print_assessment(header, nonce, assessment)
+        _print_assessment(header, nonce, assessment, nonce_asked=attestor.use_nonce)
     return EXIT_OK if assessment.passed else EXIT_REFUSED
 
 
@@ -403,7 +403,7 @@ def _attest_live(origin: Origin, attestor: _AssessingAttestor, timeout: float, *
         pass
     except NotAnEnclaveError as exc:  # no evidence to assess: no certificate, no (complete) answer
         attestor.assessment = attestor.assess(exc, spki_der=None, nonce=attestor.nonce_sent)
-    except AttestationError:
+    except AttestationError:  # a refusal, not a network failure (though also a RequestException)
         raise
     except requests.RequestException as exc:
         proxy = select_proxy(origin.url, settings["proxies"])
@@ -441,7 +441,8 @@ class _AssessingAttestor(Attestor):
         return attestation
 
 
-def _print_assessment(header: dict[str, Any], nonce: bytes | None, assessment: Assessment) -> None:
+def _print_assessment(header: dict[str, Any], nonce: bytes | None, assessment: Assessment, *,
+                      nonce_asked: bool) -> None:
     """The table, through :func:`_say`: manifest text and the server's error text are chosen by others."""
     from blindbox.attest.verifier import NOT_EVALUATED
 
@@ -456,7 +457,11 @@ def _print_assessment(header: dict[str, Any], nonce: bytes | None, assessment: A
         signed = "signature verified" if manifest["signed"] else "unsigned"
         lines.append(f"manifest: {manifest['name']} {manifest['version']} "
                      f"(sha256 {manifest['sha256'] or 'n/a'}, {signed})")
-    lines.append(f"nonce: {nonce.hex() if nonce is not None else 'none (replayed evidence would pass)'}")
+    if nonce is not None:
+        lines.append(f"nonce: {nonce.hex()}")
+    else:
+        lines.append("nonce: " + ("not sent (no evidence request was made)" if nonce_asked
+                                  else "none (replayed evidence would pass)"))
     rows = assessment.verdicts()
     width = max(len("CHECK"), *(len(check.name) for check, _ in rows))
     labels = [_VERDICT_LABELS.get(verdict, verdict) for _, verdict in rows]
