@@ -416,28 +416,28 @@ def test_offline_end_to_end_with_a_hand_provisioned_cache(
     at = datetime.datetime(2026, 9, 1, tzinfo=datetime.timezone.utc)
     argv = ["verify", str(GENOA.report_path), "--offline", "--at", at.isoformat()]
     vcek = kds / "vcek" / "Genoa" / GENOA.entry["chip_id"] / "bl10_tee0_snp25_uc84.der"
-    assert main(argv) == 1
+    assert main(argv) == 4  # an offline cache miss: could not complete, neither verified nor refused
     err = capsys.readouterr().err
-    assert err.startswith("blindbox verify: NotAnEnclaveError: offline: the Genoa VCEK")
+    assert err.startswith("blindbox verify: KdsError: offline: the Genoa VCEK")
     assert f"not cached at {vcek}" in err
     vcek.parent.mkdir(parents=True)
     vcek.write_bytes(GENOA.cert)
     crl = kds / "crl" / "vcek" / "Genoa.crl"
-    assert main(argv) == 1
+    assert main(argv) == 4
     err = capsys.readouterr().err
-    assert err.startswith("blindbox verify: NotAnEnclaveError: offline: no current Genoa VCEK CRL")
+    assert err.startswith("blindbox verify: KdsError: offline: no current Genoa VCEK CRL")
     assert f"none cached at {crl}" in err
     crl.parent.mkdir(parents=True)
     crl.write_bytes(SoftwarePlatform().crl(Product.GENOA, this_update=at - datetime.timedelta(days=1),
                                            next_update=at + datetime.timedelta(days=1)))
     code, result, err = _run_json(argv, capsys)
-    assert code == 1 and result["verified"] is False
+    assert code == 4 and result["verified"] is False  # no usable CRL: revocation could not be checked
     message = result["error"]["message"]
     assert message.startswith("offline: no current Genoa VCEK CRL")
     refused = (f"the cached one (disk, {crl}) is unusable: CRL: expected issuer 'OU=Engineering, C=US, "
                "L=Santa Clara, ST=CA, O=Advanced Micro Devices, CN=ARK-Genoa' (the chain's anchor)")
     assert refused in message
-    assert err == f"blindbox verify: NotAnEnclaveError: {message}\n"
+    assert err == f"blindbox verify: KdsError: {message}\n"
     assert crl.is_file()  # refused, not trusted, and left for the operator to replace
 
 

@@ -284,9 +284,9 @@ class KdsClient:
             else:
                 return cert
         if self._offline:
-            raise NotAnEnclaveError(
+            raise KdsError(
                 f"offline: the {product.value} VCEK for chip {hwid.hex()[:16]}... ({tcb}) is not "
-                f"cached at {path}; it would be fetched from {url}"
+                f"cached at {path}; it would be fetched from {url}", url
             )
         data = self._get(url, MAX_CERTIFICATE_RESPONSE, "VCEK")
         try:
@@ -307,7 +307,7 @@ class KdsClient:
         """AMD's (ASK or ASVK, ARK) for ``product`` as KDS serves them: parsed, never anchors."""
         url = cert_chain_url(product, signing_key, base_url=self._base_url)
         if self._offline:
-            raise NotAnEnclaveError(f"offline: the cert_chain is not cached; it would be fetched from {url}")
+            raise KdsError(f"offline: the cert_chain is not cached; it would be fetched from {url}", url)
         data = self._get(url, MAX_CERTIFICATE_RESPONSE, "cert_chain")
         try:
             certs = load_all(data) if b"-----BEGIN" in data else []
@@ -363,9 +363,9 @@ class KdsClient:
             return crl
         family = _family(signing_key).upper()
         if self._offline:
-            raise NotAnEnclaveError(
+            raise KdsError(
                 f"offline: no current {product.value} {family} CRL at {at.isoformat()}: {reason}; "
-                f"it would be fetched from {url}"
+                f"it would be fetched from {url}", url
             )
         data = self._get(url, MAX_CRL_SIZE, "CRL")
         try:
