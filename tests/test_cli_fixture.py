@@ -139,7 +139,7 @@ def test_recorded_fixture_without_no_nonce_says_what_to_type(
         capsys.readouterr()
         assert main(["attest", server.url, "--measurement", MEASUREMENT, "--roots", roots]) == 1
         text = capsys.readouterr().out
-        assert "binding" in text and "recorded evidence (a fixture) cannot answer a fresh nonce" in text
+        assert "binding" in text and "the evidence was recorded, not made for this connection" in text
         assert hint in text
         with pytest.raises(BindingMismatchError, match=re.escape(hint)):
             SecureSession(server.address, measurements=[MEASUREMENT], roots=roots)

@@ -32,10 +32,11 @@ def expected_report_data(spki_der: bytes, policy: bytes | None, nonce: bytes | N
     ).digest()
 
 
-#: Why evidence recorded without a nonce fails for a client that sent one, and what to type instead.
-RECORDED = ("a binding of this TLS key with no nonce: recorded evidence (a fixture) cannot answer a "
-            "fresh nonce; accept it with nonce=False (blindbox attest --no-nonce), knowing that it can "
-            "then be replayed")
+#: Why evidence recorded without a nonce fails for a client that sent one, and what a test types instead.
+#: Never advice to a production client: from a live server such evidence may be a replay.
+RECORDED = ("a binding of this TLS key with no nonce: the evidence was recorded, not made for this "
+            "connection (a replay, or a test fixture); only for a SIMULATED fixture under its own test "
+            "roots, accept it with nonce=False (blindbox attest --no-nonce)")
 
 
 def recorded_without_nonce(report_data: bytes, spki_der: bytes, policy: bytes | None,
