@@ -18,6 +18,7 @@ import socket
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +26,6 @@ import requests
 
 from blindbox import __version__
 from blindbox._text import shown
-from blindbox.attest.evidence import Evidence
-from blindbox.attest.verifier import Assessment, Attestation
 from blindbox.errors import (
     AttestationError,
     ConfigurationError,
@@ -35,7 +34,6 @@ from blindbox.errors import (
     OriginRefusedError,
     VerificationIncompleteError,
 )
-from blindbox.requests.attestor import Attestor
 from blindbox.snp.certificate import AmdCertificate, load_all
 from blindbox.snp.describe import describe, render_text
 from blindbox.snp.product import Product
@@ -43,7 +41,13 @@ from blindbox.snp.report import AttestationReport, SigningKey
 from blindbox.snp.verify import CertificateInput, verify_report
 
 if TYPE_CHECKING:
+    from blindbox.attest.evidence import Evidence
+    from blindbox.attest.owner_policy import PolicyRequirements
+    from blindbox.attest.policy import AttestationPolicy
+    from blindbox.attest.verifier import Assessment, Attestation
+    from blindbox.requests.attestor import Attestor
     from blindbox.requests.origin import Origin
+    from blindbox.snp.roots import TrustRoots
     from blindbox.snp.verify import KdsSource
 
 EXIT_OK = 0
@@ -336,8 +340,9 @@ def _cmd_attest(args: argparse.Namespace) -> int:
         publisher_key=key, expected_policy=args.expected_policy, policy={}, caller="blindbox attest",
         timeout=timeout,
     )
-    attestor = _AssessingAttestor(expectations.policy, roots, nonce=not args.no_nonce, timeout=timeout,
-                                  requirements=expectations.requirements)
+    seen = _Seen()
+    attestor = _assessing_attestor(seen, expectations.policy, roots, nonce=not args.no_nonce, timeout=timeout,
+                                   requirements=expectations.requirements)
     header: dict[str, Any] = {
         "url": origin.url,
         "roots": {"amd": roots is None, "source": args.roots},
@@ -347,13 +352,13 @@ def _cmd_attest(args: argparse.Namespace) -> int:
         },
     }
     try:
-        assessment = _attest_live(origin, attestor, timeout, use_proxy_env=not args.no_proxy)
+        assessment = _attest_live(origin, attestor, seen, timeout, use_proxy_env=not args.no_proxy)
     except VerificationIncompleteError as exc:
         if args.json:
             print(json.dumps({**header, "nonce": None, "checks": [], "passed": False, "attestation": None,
                               "error": str(exc)}, indent=2))
         raise
-    nonce = attestor.nonce_sent
+    nonce = seen.nonce
     if args.json:
         print(json.dumps({**header, "nonce": nonce.hex() if nonce is not None else None,
                           "checks": assessment.to_dict(), "passed": assessment.passed,
@@ -377,7 +382,7 @@ def _network_reason(error: BaseException) -> str:
     return str(cause)
 
 
-def _attest_live(origin: Origin, attestor: _AssessingAttestor, timeout: float, *,
+def _attest_live(origin: Origin, attestor: Attestor, seen: _Seen, timeout: float, *,
                  use_proxy_env: bool) -> Assessment:
     """Attest ``origin`` on one connection opened exactly as a SecureSession opens it.
 
@@ -402,7 +407,7 @@ def _attest_live(origin: Origin, attestor: _AssessingAttestor, timeout: float, *
     except _Assessed:
         pass
     except NotAnEnclaveError as exc:  # no evidence to assess: no certificate, no (complete) answer
-        attestor.assessment = attestor.assess(exc, spki_der=None, nonce=attestor.nonce_sent)
+        seen.assessment = attestor.assess(exc, spki_der=None, nonce=seen.nonce)
     except AttestationError:  # a refusal, not a network failure (though also a RequestException)
         raise
     except requests.RequestException as exc:
@@ -413,32 +418,43 @@ def _attest_live(origin: Origin, attestor: _AssessingAttestor, timeout: float, *
         ) from exc
     finally:
         adapter.close()
-    if attestor.assessment is None:
+    if seen.assessment is None:
         raise VerificationIncompleteError(f"cannot attest {origin.url}: no evidence was assessed")
-    return attestor.assessment
+    return seen.assessment
 
 
 class _Assessed(AttestationError):
     """Ends the connection after an assessment that failed (the CLI reports every check)."""
 
 
-class _AssessingAttestor(Attestor):
-    """A session's attestor that runs every check (:meth:`assess`) where a session stops at the
-    first failure, and keeps the nonce it sent and the assessment it made."""
+@dataclass
+class _Seen:
+    """What ``blindbox attest``'s attestor sent and found."""
 
-    nonce_sent: bytes | None = None
+    nonce: bytes | None = None
     assessment: Assessment | None = None
 
-    def new_nonce(self) -> bytes | None:
-        self.nonce_sent = super().new_nonce()
-        return self.nonce_sent
 
-    def verify(self, evidence: Evidence, *, spki_der: bytes, nonce: bytes | None) -> Attestation:
-        self.assessment = self.assess(evidence, spki_der=spki_der, nonce=nonce)
-        attestation = self.assessment.attestation
-        if attestation is None:
-            raise _Assessed("evidence assessed: a check failed")
-        return attestation
+def _assessing_attestor(seen: _Seen, policy: AttestationPolicy, roots: TrustRoots | None, *, nonce: bool,
+                        timeout: float, requirements: PolicyRequirements | None) -> Attestor:
+    """A session's attestor that runs every check (``assess``) where a session stops at the first
+    failure, recording in ``seen`` the nonce it sent and the assessment it made. (Built here, so
+    that the other commands do not import the requests layer.)"""
+    from blindbox.requests.attestor import Attestor
+
+    class AssessingAttestor(Attestor):
+        def new_nonce(self) -> bytes | None:
+            seen.nonce = super().new_nonce()
+            return seen.nonce
+
+        def verify(self, evidence: Evidence, *, spki_der: bytes, nonce: bytes | None) -> Attestation:
+            seen.assessment = self.assess(evidence, spki_der=spki_der, nonce=nonce)
+            attestation = seen.assessment.attestation
+            if attestation is None:
+                raise _Assessed("evidence assessed: a check failed")
+            return attestation
+
+    return AssessingAttestor(policy, roots, nonce=nonce, timeout=timeout, requirements=requirements)
 
 
 def _print_assessment(header: dict[str, Any], nonce: bytes | None, assessment: Assessment, *,
