@@ -88,7 +88,7 @@ class RecordedEvidence:
             identity=TlsIdentity.load(root / "tls-cert.pem", root / "tls-key.pem"),
             measurement=report.measurement.hex(),
             roots_pem=(root / "roots.pem").read_text(),
-            product=str(meta["product"]),
+            product=report.product.value.lower() if report.product else str(meta.get("product")),
         )
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
