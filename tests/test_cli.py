@@ -156,7 +156,7 @@ def test_verify_via_python_dash_m_subprocess() -> None:
         [*argv[:-1], "--at", "2020-01-01"], capture_output=True, text=True, timeout=60, check=False
     )
     assert bad.returncode == 1
-    assert bad.stderr.startswith("NotAnEnclaveError: ")
+    assert bad.stderr.startswith("blindbox verify: NotAnEnclaveError: ")
 
 
 # --- Inputs ----------------------------------------------------------------------------------------
@@ -226,9 +226,9 @@ def test_json_failure_with_a_parsed_report(capsys: pytest.CaptureFixture[str]) -
     assert result["verified"] is False
     assert result["verification"] is None
     assert result["report"]["measurement"] == GENOA.entry["measurement"]
-    assert result["error"]["type"] == "NotAnEnclaveError"
+    assert result["error"]["type"] == "NotAnEnclaveError" and result["error"]["exit_status"] == 1
     assert "expected valid at 2020-01-01" in result["error"]["message"]
-    assert err == f"NotAnEnclaveError: {result['error']['message']}\n"
+    assert err == f"blindbox verify: NotAnEnclaveError: {result['error']['message']}\n"
 
 
 def test_json_failure_with_an_unparseable_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -240,7 +240,8 @@ def test_json_failure_with_an_unparseable_report(tmp_path: Path, capsys: pytest.
         "verified": False,
         "report": None,
         "verification": None,
-        "error": {"type": "NotAnEnclaveError", "message": "report: expected 1184 bytes, found 100"},
+        "error": {"type": "NotAnEnclaveError", "message": "report: expected 1184 bytes, found 100",
+                  "exit_status": 1},
     }
 
 
@@ -260,7 +261,8 @@ def test_garbage_chain_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     chain = tmp_path / "chain.pem"
     chain.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     assert main(_argv(GENOA, "--chain", str(chain))) == 1
-    assert capsys.readouterr().err.startswith("NotAnEnclaveError: certificate: malformed DER")
+    err = capsys.readouterr().err
+    assert err.startswith("blindbox verify: NotAnEnclaveError: certificate: malformed DER")
 
 
 # --- Usage errors: exit 2 --------------------------------------------------------------------------
@@ -371,8 +373,11 @@ def test_v2_report_needs_product_to_fetch_its_vcek(
     fake_kds: list[FakeKds], capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["verify", str(GSG.report_path), "--at", GSG.at.isoformat()]
-    assert main(argv) == 1
-    assert "a v2 report carries no CPUID" in capsys.readouterr().err
+    assert main(argv) == 2  # a missing argument, named as the user types it
+    assert capsys.readouterr().err == (
+        "blindbox verify: report: a v2 report carries no CPUID, so its VCEK cannot be fetched without "
+        "the product: pass --product milan|genoa|turin, or the VCEK with --cert\n")
+    assert fake_kds == []  # refused before any KDS client was made
     assert main([*argv, "--product", "milan"]) == 0
     assert fake_kds[-1].requests[0][0] is Product.MILAN
 
@@ -411,27 +416,28 @@ def test_offline_end_to_end_with_a_hand_provisioned_cache(
     at = datetime.datetime(2026, 9, 1, tzinfo=datetime.timezone.utc)
     argv = ["verify", str(GENOA.report_path), "--offline", "--at", at.isoformat()]
     vcek = kds / "vcek" / "Genoa" / GENOA.entry["chip_id"] / "bl10_tee0_snp25_uc84.der"
-    assert main(argv) == 1
+    assert main(argv) == 4  # an offline cache miss: could not complete, neither verified nor refused
     err = capsys.readouterr().err
-    assert err.startswith("NotAnEnclaveError: offline: the Genoa VCEK") and f"not cached at {vcek}" in err
+    assert err.startswith("blindbox verify: KdsError: offline: the Genoa VCEK")
+    assert f"not cached at {vcek}" in err
     vcek.parent.mkdir(parents=True)
     vcek.write_bytes(GENOA.cert)
     crl = kds / "crl" / "vcek" / "Genoa.crl"
-    assert main(argv) == 1
+    assert main(argv) == 4
     err = capsys.readouterr().err
-    assert err.startswith("NotAnEnclaveError: offline: no current Genoa VCEK CRL")
+    assert err.startswith("blindbox verify: KdsError: offline: no current Genoa VCEK CRL")
     assert f"none cached at {crl}" in err
     crl.parent.mkdir(parents=True)
     crl.write_bytes(SoftwarePlatform().crl(Product.GENOA, this_update=at - datetime.timedelta(days=1),
                                            next_update=at + datetime.timedelta(days=1)))
     code, result, err = _run_json(argv, capsys)
-    assert code == 1 and result["verified"] is False
+    assert code == 4 and result["verified"] is False  # no usable CRL: revocation could not be checked
     message = result["error"]["message"]
     assert message.startswith("offline: no current Genoa VCEK CRL")
     refused = (f"the cached one (disk, {crl}) is unusable: CRL: expected issuer 'OU=Engineering, C=US, "
                "L=Santa Clara, ST=CA, O=Advanced Micro Devices, CN=ARK-Genoa' (the chain's anchor)")
     assert refused in message
-    assert err == f"NotAnEnclaveError: {message}\n"
+    assert err == f"blindbox verify: KdsError: {message}\n"
     assert crl.is_file()  # refused, not trusted, and left for the operator to replace
 
 

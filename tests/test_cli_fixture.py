@@ -94,3 +94,55 @@ def hello_app(environ: dict[str, object], start_response: object) -> list[bytes]
     body = b"hello from the fixture"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])  # type: ignore[operator]
     return [body]
+
+
+# --- -o refuses to overwrite --------------------------------------------------------------------------
+def test_fixture_create_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["fixture", "create", "--measurement", MEASUREMENT, "-o", str(a_file)]) == 2
+    assert "expected a directory to create, found an existing file" in capsys.readouterr().err
+    assert main(["fixture", "create", "--measurement", MEASUREMENT, "-o", str(a_file), "--force"]) == 2
+    assert a_file.read_text() == "mine"  # --force never replaces a file with a directory
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    assert main(["fixture", "create", "--measurement", MEASUREMENT, "-o", str(busy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blindbox fixture create: -o ") and "not empty; pass --force" in err
+    assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
+    assert main(["fixture", "create", "--measurement", MEASUREMENT, "-o", str(busy), "--force"]) == 0
+    assert (busy / "keep.txt").read_text() == "mine"
+    assert RecordedEvidence.load(busy).measurement == MEASUREMENT
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["fixture", "create", "--measurement", MEASUREMENT, "-o", str(empty)]) == 0
+    capsys.readouterr()
+
+
+# --- a recorded fixture needs nonce=False, and the refusal says so --------------------------------------
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_recorded_fixture_without_no_nonce_says_what_to_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blindbox.errors import BindingMismatchError
+    from blindbox.requests import SecureSession
+    from blindbox.testing.server import EnclaveServer
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "BLINDBOX_MANIFEST"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "fixture"
+    assert main(["fixture", "create", "--measurement", MEASUREMENT, "-o", str(out)]) == 0
+    roots = str(out / "roots.pem")
+    hint = "accept it with nonce=False (blindbox attest --no-nonce)"
+    with EnclaveServer(evidence=RecordedEvidence.load(out)) as server:
+        capsys.readouterr()
+        assert main(["attest", server.url, "--measurement", MEASUREMENT, "--roots", roots]) == 1
+        text = capsys.readouterr().out
+        assert "binding" in text and "the evidence was recorded, not made for this connection" in text
+        assert hint in text
+        with pytest.raises(BindingMismatchError, match=re.escape(hint)):
+            SecureSession(server.address, measurements=[MEASUREMENT], roots=roots)
+        assert main(["attest", server.url, "--measurement", MEASUREMENT, "--roots", roots, "--no-nonce"]) == 0
+        with SecureSession(server.address, measurements=[MEASUREMENT], roots=roots, nonce=False) as session:
+            assert session.attestation is not None

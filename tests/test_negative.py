@@ -343,7 +343,7 @@ def test_negative_case_makes_the_cli_exit_1(
     assert main(argv) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("NotAnEnclaveError: ")
+    assert err.startswith("blindbox verify: NotAnEnclaveError: ")
     assert (case.cli_match or case.match) in err
 
 
@@ -460,7 +460,7 @@ def test_bit_flips_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture
         report = tmp_path / f"flip-{offset:03x}.bin"
         report.write_bytes(_flip(GSG.report, offset, 0))
         assert main(["verify", str(report), "--cert", str(cert), "--at", GSG.at.isoformat()]) == 1
-        assert capsys.readouterr().err.startswith("NotAnEnclaveError: ")
+        assert capsys.readouterr().err.startswith("blindbox verify: NotAnEnclaveError: ")
 
 
 # --- Regressions found while fuzzing certificates (fixed in snp/certificate.py) --------------------

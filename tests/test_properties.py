@@ -209,5 +209,5 @@ def test_cli_exits_1_for_arbitrary_report_files(
         ]
         assert main([*argv, "--json"]) == 1
     out, err = capsys.readouterr()
-    assert err.startswith("NotAnEnclaveError: ")
+    assert err.startswith("blindbox verify: NotAnEnclaveError: ")
     assert '"verified": false' in out

@@ -1,8 +1,10 @@
 """mkdocs hook: the command-line reference is generated from ``blindbox``'s argparse parser.
 
 ``docs/cli.md`` holds the hand-written introduction and the marker
-``<!-- cli-reference -->``, which this hook replaces at build time with every
-command, subcommand and option, so the page cannot drift from ``blindbox --help``.
+``<!-- cli-reference -->``, which this hook replaces at build time with the exit
+statuses (from ``blindbox.cli.EXIT_STATUSES``, the epilog of every ``--help``)
+and every command, subcommand and option, so the page cannot drift from
+``blindbox --help``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ def _argument_row(parser: argparse.ArgumentParser, action: argparse.Action) -> s
     return f"| {names} | {_cell(text)} |"
 
 
+def _exit_statuses(level: int) -> list[str]:
+    """The one exit-status contract, as a table (every command's ``--help`` ends with it)."""
+    from blindbox.cli import EXIT_STATUSES
+
+    rows = [f"| {code} | {_cell(meaning[0].upper() + meaning[1:])} |" for code, meaning in EXIT_STATUSES]
+    return [f"{'#' * level} Exit statuses", "",
+            "The same for every command, so a script can tell a refusal from a failure to check:", "",
+            "| status | meaning |", "|---|---|", *rows, ""]
+
+
 def _section(parser: argparse.ArgumentParser, title: str, summary: str | None, level: int) -> list[str]:
     lines = [f"{'#' * level} `{title}`", ""]
     if summary:
@@ -54,7 +66,11 @@ def _section(parser: argparse.ArgumentParser, title: str, summary: str | None, l
     rows = [row for action in parser._actions if (row := _argument_row(parser, action)) is not None]
     if rows:
         lines += ["| argument | meaning |", "|---|---|", *rows, ""]
-    if parser.epilog:
+    from blindbox.cli import EXIT_EPILOG
+
+    if parser.epilog == EXIT_EPILOG:
+        lines += ["Exit status: see [Exit statuses](#exit-statuses).", ""]
+    elif parser.epilog:
         lines += [parser.epilog[0].upper() + parser.epilog[1:] + ".", ""]
     sub = _subparsers(parser)
     if sub is not None:
@@ -73,7 +89,7 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
     previous = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = _WIDTH  # argparse wraps usage to the terminal width
     try:
-        return "\n".join(_section(parser, parser.prog, None, 2))
+        return "\n".join(_exit_statuses(2) + _section(parser, parser.prog, None, 2))
     finally:
         if previous is None:
             del os.environ["COLUMNS"]

@@ -1,9 +1,10 @@
 """The ``blindbox`` command line.
 
 Each subcommand is a pair of functions: ``_add_<name>`` declares its arguments
-and ``_cmd_<name>`` runs it and returns the exit status. Exit statuses:
-0 success, 1 the evidence is not genuine (the error class and message go to
-stderr) or, for ``attest``, any check failed, 2 usage error or unreadable input.
+and ``_cmd_<name>`` runs it and returns 0 or, for ``attest``, 1 when a check
+failed. Every other outcome is an exception, and :func:`main` alone turns it
+into the exit status (:data:`EXIT_STATUSES`, the same contract for every
+command) and one line on stderr, with server- and file-supplied text escaped.
 """
 
 from __future__ import annotations
@@ -15,28 +16,62 @@ import json
 import os
 import socket
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import requests
+
 from blindbox import __version__
-from blindbox.errors import AttestationError, ConfigurationError, NotAnEnclaveError
+from blindbox._text import shown
+from blindbox.errors import (
+    AttestationError,
+    ConfigurationError,
+    ManifestTrustError,
+    NotAnEnclaveError,
+    OriginRefusedError,
+    VerificationIncompleteError,
+)
 from blindbox.snp.certificate import AmdCertificate, load_all
 from blindbox.snp.describe import describe, render_text
 from blindbox.snp.product import Product
-from blindbox.snp.report import AttestationReport
+from blindbox.snp.report import AttestationReport, SigningKey
 from blindbox.snp.verify import CertificateInput, verify_report
 
 if TYPE_CHECKING:
     from blindbox.attest.evidence import Evidence
-    from blindbox.attest.verifier import Assessment
+    from blindbox.attest.owner_policy import PolicyRequirements
+    from blindbox.attest.policy import AttestationPolicy
+    from blindbox.attest.verifier import Assessment, Attestation
     from blindbox.requests.attestor import Attestor
     from blindbox.requests.origin import Origin
+    from blindbox.snp.roots import TrustRoots
     from blindbox.snp.verify import KdsSource
 
 EXIT_OK = 0
-EXIT_NOT_GENUINE = 1
+EXIT_REFUSED = 1
 EXIT_USAGE = 2
+EXIT_UNTRUSTED_INPUT = 3
+EXIT_INCOMPLETE = 4
+EXIT_INTERRUPTED = 130
+
+#: The exit statuses of every ``blindbox`` command: one contract a script can rely on.
+EXIT_STATUSES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "verified (measure, fixture: done)"),
+    (EXIT_REFUSED, "refused: the evidence is not genuine, the enclave runs other code, or a policy "
+                   "or requirement is not met"),
+    (EXIT_USAGE, "usage error or unreadable input"),
+    (EXIT_UNTRUSTED_INPUT, "a trust input failed verification: the manifest's signature, identity, "
+                           "freshness or rollback check"),
+    (EXIT_INCOMPLETE, "could not complete: network, AMD KDS, offline cache miss (neither verified "
+                      "nor refused)"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+)
+EXIT_EPILOG = "exit status (the same for every command):\n" + "\n".join(
+    f"{code} {meaning}" for code, meaning in EXIT_STATUSES
+)
 
 #: Upper bound on any input file: a report is 1184 bytes, a PEM of ARK+ASK+ASVK ~7 KiB.
 _MAX_INPUT = 64 * 1024
@@ -48,8 +83,49 @@ class _UsageError(Exception):
     """Bad arguments or unreadable input: exit status 2."""
 
 
-def _read_input(name: str, limit: int, what: str) -> bytes:
-    """Read at most ``limit`` bytes from a path (or stdin for ``-``); more is refused unread."""
+#: Exception type -> exit status, first match wins (subclasses before their bases). Network
+#: failures that reach here untyped are "could not complete"; other OSErrors are unreadable input.
+_EXIT_FOR: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    (KeyboardInterrupt, EXIT_INTERRUPTED),
+    (_UsageError, EXIT_USAGE),
+    (VerificationIncompleteError, EXIT_INCOMPLETE),
+    (ManifestTrustError, EXIT_UNTRUSTED_INPUT),
+    (ConfigurationError, EXIT_USAGE),
+    (AttestationError, EXIT_REFUSED),
+    ((requests.RequestException, ConnectionError, TimeoutError, socket.gaierror), EXIT_INCOMPLETE),
+    (OSError, EXIT_USAGE),
+)
+
+
+def exit_status(error: BaseException) -> int | None:
+    """The exit status for ``error`` under :data:`EXIT_STATUSES`, or None for an unexpected error."""
+    for kinds, status in _EXIT_FOR:
+        if isinstance(error, kinds):
+            return status
+    return None
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, keeping the epilog's lines: one exit status a line, wrapped under itself."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            code, _, meaning = line.partition(" ")
+            if code.isdigit():
+                lines.append(textwrap.fill(meaning, width, initial_indent=f"{indent}  {code:<4} ",
+                                           subsequent_indent=f"{indent}{'':7}"))
+            else:
+                lines.append(super()._fill_text(line, width, indent))
+        return "\n".join(lines)
+
+
+def _read_input(name: str, limit: int, what: str, *, evidence: bool = False) -> bytes:
+    """Read at most ``limit`` bytes from a path (or stdin for ``-``); more is refused unread.
+
+    Too much ``evidence`` (a report, a certificate) is evidence refused; too much of anything
+    else is unreadable input.
+    """
     try:
         if name == "-":
             data = sys.stdin.buffer.read(limit + 1)
@@ -59,7 +135,8 @@ def _read_input(name: str, limit: int, what: str) -> bytes:
     except OSError as exc:
         raise _UsageError(f"cannot read {what} {name!r}: {exc.strerror or exc}") from None
     if len(data) > limit:
-        raise NotAnEnclaveError(f"{what}: expected at most {limit} bytes, found more in {name!r}")
+        refused = NotAnEnclaveError if evidence else _UsageError
+        raise refused(f"{what}: expected at most {limit} bytes, found more in {name!r}")
     return data
 
 
@@ -107,9 +184,36 @@ def _kds_client(offline: bool) -> KdsSource:
     return KdsClient(offline=offline)
 
 
+def _subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand parser with the common exit-status epilog and its own name for error lines."""
+    parser = sub.add_parser(name, epilog=EXIT_EPILOG, formatter_class=_HelpFormatter, **kwargs)
+    parser.set_defaults(prog=parser.prog)
+    return parser
+
+
+def _say(*lines: str) -> None:
+    """Print each line escaped (:func:`~blindbox._text.shown`): no control character a report,
+    certificate, manifest, fixture or server chose reaches the terminal, and a newline inside a
+    value is shown as ``\\x0a``, never taken as a new line."""
+    for line in lines:
+        print(shown(line, limit=None))
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` (JSON-like) with every string escaped, for text rendered line by line."""
+    if isinstance(value, str):
+        return shown(value, limit=None)
+    if isinstance(value, dict):
+        return {key: _escaped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value
+
+
 def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "verify",
+    parser = _subcommand(
+        sub, "verify",
         help="check that a raw SEV-SNP report was signed by genuine AMD hardware",
         description=(
             "Verify a raw 1184-byte SEV-SNP attestation report: layout and must-be-zero fields, "
@@ -118,7 +222,6 @@ def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "from AMD KDS (or its cache with --offline) and revocation is checked; with --cert "
             "no network is used and revocation is not checked."
         ),
-        epilog="exit status: 0 genuine, 1 not genuine, 2 usage error or unreadable file",
     )
     parser.add_argument("report", metavar="REPORT", help="raw report file, or - for stdin")
     parser.add_argument("--cert", metavar="VCEK_OR_VLEK", help="the signing certificate (DER or PEM)")
@@ -138,9 +241,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     product = Product.from_name(args.product) if args.product else None
     parsed: AttestationReport | None = None
     try:
-        raw = _read_input(args.report, _MAX_INPUT, "report")
-        cert_data = _read_input(args.cert, _MAX_INPUT, "certificate") if args.cert else None
-        chain_data = _read_input(args.chain, _MAX_INPUT, "chain") if args.chain else None
+        raw = _read_input(args.report, _MAX_INPUT, "report", evidence=True)
+        cert_data = _read_input(args.cert, _MAX_INPUT, "certificate", evidence=True) if args.cert else None
+        chain_data = _read_input(args.chain, _MAX_INPUT, "chain", evidence=True) if args.chain else None
         parsed = AttestationReport.from_bytes(raw, product)
         certificates: dict[str, CertificateInput] = {}
         if chain_data is not None:
@@ -148,32 +251,31 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if cert_data is not None:
             leaf = AmdCertificate.load(cert_data)
             certificates["vlek" if leaf.common_name == "SEV-VLEK" else "vcek"] = leaf
+        elif (parsed.product is None and parsed.signing_key is SigningKey.VCEK
+              and not parsed.chip_id_masked):
+            raise _UsageError(
+                f"report: a v{parsed.version} report carries no CPUID, so its VCEK cannot be fetched "
+                "without the product: pass --product milan|genoa|turin, or the VCEK with --cert"
+            )
         kds = None if cert_data is not None else _kds_client(args.offline)
         verified = verify_report(parsed, certificates=certificates or None, at=args.at,
                                  kds=kds, product=product)
-    except _UsageError as exc:
-        print(f"blindbox verify: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ConfigurationError as exc:
-        print(f"blindbox verify: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except AttestationError as exc:
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         if args.json:
             failed = describe(parsed) if parsed is not None else {"report": None, "verification": None}
-            error = {"type": type(exc).__name__, "message": str(exc)}
+            error = {"type": type(exc).__name__, "message": str(exc), "exit_status": exit_status(exc)}
             print(json.dumps({"verified": False, **failed, "error": error}, indent=2))
-        return EXIT_NOT_GENUINE
+        raise
     if args.json:
         print(json.dumps({"verified": True, **describe(verified)}, indent=2))
     else:
-        print(render_text(describe(verified)), end="")
+        print(render_text(_escaped(describe(verified))), end="")
     return EXIT_OK
 
 
 def _add_attest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "attest",
+    parser = _subcommand(
+        sub, "attest",
         help="attest a live server and show every check with what was expected and found",
         description=(
             "Connect to URL over TLS (no WebPKI: the key is trusted only if the evidence binds it), "
@@ -181,10 +283,11 @@ def _add_attest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "a SecureSession runs: genuine SEV-SNP evidence, the binding to this TLS key and nonce, the "
             "appraisal policy (from --measurement or --manifest, else the manifest named by "
             "BLINDBOX_MANIFEST) and the data-owner policy requirements. Each check is printed with its "
-            "verdict; when the evidence is not genuine the others are listed as not evaluated."
+            "verdict; when the evidence is not genuine the others are listed as not evaluated. "
+            "HTTPS_PROXY and NO_PROXY apply exactly as for a SecureSession (an HTTP CONNECT tunnel, "
+            "attestation end to end through it); --no-proxy ignores them. Exit status 1 when any "
+            "check failed."
         ),
-        epilog="exit status: 0 every check passed (warnings allowed), 1 a check failed or the server "
-               "could not be reached, 2 usage error or unreadable input",
     )
     parser.add_argument("url", metavar="URL", help="the server: https://host[:port] or host[:port]")
     source = parser.add_mutually_exclusive_group()
@@ -204,11 +307,15 @@ def _add_attest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     parser.add_argument("--roots", metavar="PEM",
                         help="trust these roots INSTEAD of AMD's (e.g. a SIMULATED fixture's roots.pem)")
     parser.add_argument("--no-nonce", action="store_true",
-                        help="send no nonce (recorded evidence cannot answer one; replay is then possible)")
+                        help="send no nonce: needed for recorded evidence (a fixture), which cannot "
+                        "answer one (replay is then possible)")
     parser.add_argument("--expected-policy", metavar="DIGEST",
                         help="the data-owner policy's SHA-256 (64 hex) the server must serve")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="connection and evidence exchange timeout")
+    parser.add_argument("--no-proxy", action="store_true",
+                        help="connect directly, ignoring HTTPS_PROXY/NO_PROXY (and the other proxy "
+                        "variables requests reads)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(handler=_cmd_attest)
 
@@ -217,32 +324,30 @@ _VERDICT_LABELS = {"pass": "pass", "warn": "WARN", "fail": "FAIL"}
 
 
 def _cmd_attest(args: argparse.Namespace) -> int:
-    from blindbox.requests.attestor import Attestor
     from blindbox.requests.config import MANIFEST_ENV, build_expectations, build_roots, check_timeout
-    from blindbox.requests.exchange import ExchangeTimeout
     from blindbox.requests.origin import Origin
 
-    try:
-        named = os.environ.get(MANIFEST_ENV, "").strip()
-        if args.measurement is None and args.manifest is None and not named:
-            raise _UsageError(
-                "no expected launch measurement: pass --measurement HEX (repeatable) or --manifest "
-                f"FILE_OR_URL, or set {MANIFEST_ENV} to a manifest's path or https:// URL"
-            )
-        origin = Origin.parse(args.url)
-        timeout = check_timeout(args.timeout)
-        key = _read_input(args.publisher_key, _MAX_INPUT, "publisher key") if args.publisher_key else None
-        roots = build_roots(_read_input(args.roots, _MAX_INPUT, "roots")) if args.roots else None
-        expectations = build_expectations(
-            measurements=args.measurement, manifest=args.manifest, manifest_signature=args.manifest_signature,
-            publisher_key=key, expected_policy=args.expected_policy, policy={}, caller="blindbox attest",
-            timeout=timeout, manifest_name=args.manifest_name, min_sequence=args.min_sequence,
+    named = os.environ.get(MANIFEST_ENV, "").strip()
+    if args.measurement is None and args.manifest is None and not named:
+        raise _UsageError(
+            "no expected launch measurement: pass --measurement HEX (repeatable) or --manifest "
+            f"FILE_OR_URL, or set {MANIFEST_ENV} to a manifest's path or https:// URL"
         )
-    except (_UsageError, ConfigurationError, AttestationError) as exc:
-        print(f"blindbox attest: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    attestor = Attestor(expectations.policy, roots, nonce=not args.no_nonce, timeout=timeout,
-                        requirements=expectations.requirements)
+    try:
+        origin = Origin.parse(args.url)
+    except OriginRefusedError as exc:  # e.g. http://: what was typed, not what a server did
+        raise _UsageError(str(exc)) from None
+    timeout = check_timeout(args.timeout)
+    key = _read_input(args.publisher_key, _MAX_INPUT, "publisher key") if args.publisher_key else None
+    roots = build_roots(_read_input(args.roots, _MAX_INPUT, "roots")) if args.roots else None
+    expectations = build_expectations(
+        measurements=args.measurement, manifest=args.manifest, manifest_signature=args.manifest_signature,
+        publisher_key=key, expected_policy=args.expected_policy, policy={}, caller="blindbox attest",
+        timeout=timeout, manifest_name=args.manifest_name, min_sequence=args.min_sequence,
+    )
+    seen = _Seen()
+    attestor = _assessing_attestor(seen, expectations.policy, roots, nonce=not args.no_nonce, timeout=timeout,
+                                   requirements=expectations.requirements)
     header: dict[str, Any] = {
         "url": origin.url,
         "roots": {"amd": roots is None, "source": args.roots},
@@ -252,85 +357,151 @@ def _cmd_attest(args: argparse.Namespace) -> int:
         },
     }
     try:
-        spki_der, nonce, evidence = _fetch_live_evidence(origin, attestor, timeout)
-    except (OSError, ExchangeTimeout) as exc:
-        message = f"cannot attest {origin.url}: {type(exc).__name__}: {exc}"
-        print(f"blindbox attest: {message}", file=sys.stderr)
+        assessment = _attest_live(origin, attestor, seen, timeout, use_proxy_env=not args.no_proxy)
+    except VerificationIncompleteError as exc:
         if args.json:
             print(json.dumps({**header, "nonce": None, "checks": [], "passed": False, "attestation": None,
-                              "error": message}, indent=2))
-        return EXIT_NOT_GENUINE
-    assessment = attestor.assess(evidence, spki_der=spki_der, nonce=nonce)
+                              "error": str(exc)}, indent=2))
+        raise
+    nonce = seen.nonce
     if args.json:
         print(json.dumps({**header, "nonce": nonce.hex() if nonce is not None else None,
                           "checks": assessment.to_dict(), "passed": assessment.passed,
                           "attestation": assessment.summary()}, indent=2))
     else:
-        _print_assessment(header, nonce, assessment)
-    return EXIT_OK if assessment.passed else EXIT_NOT_GENUINE
+        _print_assessment(header, nonce, assessment, nonce_asked=attestor.use_nonce)
+    return EXIT_OK if assessment.passed else EXIT_REFUSED
 
 
-def _fetch_live_evidence(origin: Origin, attestor: Attestor, timeout: float,
-                         ) -> tuple[bytes | None, bytes | None, Evidence | NotAnEnclaveError]:
-    """(SPKI, nonce sent, evidence or why there is none) from one TLS connection trusted by nobody yet.
+def _network_reason(error: BaseException) -> str:
+    """What failed, said once: the first cause below requests' and urllib3's wrappers (whose own
+    text nests reprs of connection objects)."""
+    cause: BaseException = error
+    while type(cause).__module__.partition(".")[0] in ("requests", "urllib3"):
+        inner = cause.__cause__ or next((a for a in cause.args if isinstance(a, BaseException)), None)
+        if inner is None:
+            break
+        cause = inner
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return str(cause)
 
-    Raises OSError/ExchangeTimeout when the server cannot be reached or stops answering.
+
+def _attest_live(origin: Origin, attestor: Attestor, seen: _Seen, timeout: float, *,
+                 use_proxy_env: bool) -> Assessment:
+    """Attest ``origin`` on one connection opened exactly as a SecureSession opens it.
+
+    The session's own adapter and proxy resolution (``HTTPS_PROXY``, ``NO_PROXY``,
+    ``REQUESTS_CA_BUNDLE`` for an ``https://`` proxy) are used, so a CONNECT tunnel is
+    attested end to end; ``use_proxy_env=False`` connects directly. Nothing but the
+    evidence request is sent. Raises :class:`VerificationIncompleteError` when the server
+    (or the proxy) cannot be reached or stops answering.
     """
-    from blindbox.attest.binding import spki_of_certificate
-    from blindbox.requests.exchange import fetch_evidence
+    from requests.utils import select_proxy
 
-    nonce = attestor.new_nonce()
-    with socket.create_connection((origin.host, origin.port), timeout=timeout) as raw, \
-            attestor.context.wrap_socket(raw, server_hostname=origin.host) as sock:
-        cert_der = sock.getpeercert(binary_form=True)
-        try:
-            if not cert_der:
-                raise NotAnEnclaveError("TLS: the server presented no certificate")
-            spki_der = spki_of_certificate(cert_der)
-        except NotAnEnclaveError as exc:
-            return None, nonce, exc
-        try:
-            response = fetch_evidence(sock, host=origin.host_header, nonce=nonce, timeout=timeout)
-        except NotAnEnclaveError as exc:
-            return spki_der, nonce, exc
-        return spki_der, nonce, response.evidence
+    from blindbox.requests.adapter import AttestedAdapter
+    from blindbox.requests.origin import redact
+
+    environment = requests.Session()
+    environment.trust_env = use_proxy_env
+    settings = environment.merge_environment_settings(origin.url, {}, None, None, None)
+    environment.close()
+    adapter = AttestedAdapter(origin, attestor)
+    try:
+        adapter.connect_origin(settings["proxies"], timeout, verify=settings["verify"])
+    except _Assessed:
+        pass
+    except NotAnEnclaveError as exc:  # no evidence to assess: no certificate, no (complete) answer
+        seen.assessment = attestor.assess(exc, spki_der=None, nonce=seen.nonce)
+    except AttestationError:  # a refusal, not a network failure (though also a RequestException)
+        raise
+    except requests.RequestException as exc:
+        proxy = select_proxy(origin.url, settings["proxies"])
+        via = f" through the proxy {redact(proxy)}" if proxy else ""  # never its credentials
+        raise VerificationIncompleteError(
+            f"cannot attest {origin.url}{via}: {type(exc).__name__}: {_network_reason(exc)}"
+        ) from exc
+    finally:
+        adapter.close()
+    if seen.assessment is None:
+        raise VerificationIncompleteError(f"cannot attest {origin.url}: no evidence was assessed")
+    return seen.assessment
 
 
-def _print_assessment(header: dict[str, Any], nonce: bytes | None, assessment: Assessment) -> None:
+class _Assessed(AttestationError):
+    """Ends the connection after an assessment that failed (the CLI reports every check)."""
+
+
+@dataclass
+class _Seen:
+    """What ``blindbox attest``'s attestor sent and found."""
+
+    nonce: bytes | None = None
+    assessment: Assessment | None = None
+
+
+def _assessing_attestor(seen: _Seen, policy: AttestationPolicy, roots: TrustRoots | None, *, nonce: bool,
+                        timeout: float, requirements: PolicyRequirements | None) -> Attestor:
+    """A session's attestor that runs every check (``assess``) where a session stops at the first
+    failure, recording in ``seen`` the nonce it sent and the assessment it made. (Built here, so
+    that the other commands do not import the requests layer.)"""
+    from blindbox.requests.attestor import Attestor
+
+    class AssessingAttestor(Attestor):
+        def new_nonce(self) -> bytes | None:
+            seen.nonce = super().new_nonce()
+            return seen.nonce
+
+        def verify(self, evidence: Evidence, *, spki_der: bytes, nonce: bytes | None) -> Attestation:
+            seen.assessment = self.assess(evidence, spki_der=spki_der, nonce=nonce)
+            attestation = seen.assessment.attestation
+            if attestation is None:
+                raise _Assessed("evidence assessed: a check failed")
+            return attestation
+
+    return AssessingAttestor(policy, roots, nonce=nonce, timeout=timeout, requirements=requirements)
+
+
+def _print_assessment(header: dict[str, Any], nonce: bytes | None, assessment: Assessment, *,
+                      nonce_asked: bool) -> None:
+    """The table, through :func:`_say`: manifest text and the server's error text are chosen by others."""
     from blindbox.attest.verifier import NOT_EVALUATED
 
-    out = sys.stdout
-    print(f"blindbox attest {header['url']}", file=out)
+    lines = [f"blindbox attest {header['url']}"]
     if header["roots"]["amd"]:
-        print("roots: AMD's pinned roots", file=out)
+        lines.append("roots: AMD's pinned roots")
     else:
-        print(f"roots: {header['roots']['source']} -- NOT AMD's: a pass shows only that these roots vouch "
-              "for the evidence (e.g. a SIMULATED fixture), not that AMD hardware produced it", file=out)
+        lines.append(f"roots: {header['roots']['source']} -- NOT AMD's: a pass shows only that these roots "
+                     "vouch for the evidence (e.g. a SIMULATED fixture), not that AMD hardware produced it")
     manifest = header["manifest"]
     if manifest is not None:
-        print(f"manifest: {manifest['name']} {manifest['version']} (sha256 {manifest['sha256'] or 'n/a'}, "
-              f"{'signature verified' if manifest['signed'] else 'unsigned'})", file=out)
-    print(f"nonce: {nonce.hex() if nonce is not None else 'none (replayed evidence would pass)'}", file=out)
+        signed = "signature verified" if manifest["signed"] else "unsigned"
+        lines.append(f"manifest: {manifest['name']} {manifest['version']} "
+                     f"(sha256 {manifest['sha256'] or 'n/a'}, {signed})")
+    if nonce is not None:
+        lines.append(f"nonce: {nonce.hex()}")
+    else:
+        lines.append("nonce: " + ("not sent (no evidence request was made)" if nonce_asked
+                                  else "none (replayed evidence would pass)"))
     rows = assessment.verdicts()
     width = max(len("CHECK"), *(len(check.name) for check, _ in rows))
     labels = [_VERDICT_LABELS.get(verdict, verdict) for _, verdict in rows]
     label_width = max(len("VERDICT"), *(len(label) for label in labels))
     indent = " " * (label_width + width + 4)
-    print(f"\n{'VERDICT':<{label_width}}  {'CHECK':<{width}}  EXPECTED / FOUND", file=out)
+    lines += ["", f"{'VERDICT':<{label_width}}  {'CHECK':<{width}}  EXPECTED / FOUND"]
     for (check, verdict), label in zip(rows, labels, strict=True):
-        print(f"{label:<{label_width}}  {check.name:<{width}}  expected  {check.expected}", file=out)
+        lines.append(f"{label:<{label_width}}  {check.name:<{width}}  expected  {check.expected}")
         if verdict != NOT_EVALUATED:
-            print(f"{indent}found     {check.found}", file=out)
+            lines.append(f"{indent}found     {check.found}")
         if verdict == "fail" and check.reason:
-            print(f"{indent}why       {check.reason}", file=out)
+            lines.append(f"{indent}why       {check.reason}")
         if verdict == "warn" and check.warning:
-            print(f"{indent}warning   {check.warning}", file=out)
+            lines.append(f"{indent}warning   {check.warning}")
     summary = assessment.summary()
     if summary is not None:
-        print("\nattestation:", file=out)
+        lines += ["", "attestation:"]
         key_width = max(len(key) for key in summary)
-        for key, value in summary.items():
-            print(f"  {key:<{key_width}}  {value}", file=out)
+        lines += [f"  {key:<{key_width}}  {value}" for key, value in summary.items()]
     failed = [check.name for check in assessment.failures]
     skipped = len(rows) - assessment.evaluated
     warned = sum(verdict == "warn" for _, verdict in rows)
@@ -340,7 +511,8 @@ def _print_assessment(header: dict[str, Any], nonce: bytes | None, assessment: A
         result = f"FAIL: {len(failed)} of {len(rows)} checks failed ({', '.join(failed)})"
         if skipped:
             result += f", {skipped} not evaluated"
-    print(f"\nresult: {result}", file=out)
+    lines += ["", f"result: {result}"]
+    _say(*lines)
 
 
 def _load_app(spec: str) -> Any:
@@ -356,15 +528,14 @@ def _load_app(spec: str) -> Any:
 
 
 def _add_measure(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "measure",
+    parser = _subcommand(
+        sub, "measure",
         help="compute the SEV-SNP launch measurement of a guest image (sev-snp-measure)",
         description=(
             "Compute the launch digest an SEV-SNP guest will report, from its OVMF (and optional "
             "direct-boot kernel, initrd and command line). An OVMF without SEV-SNP metadata is "
-            "refused. --manifest writes a manifest measurement entry recording every input."
+            "refused (exit status 2). --manifest writes a manifest measurement entry recording every input."
         ),
-        epilog="exit status: 0 measured, 2 usage error or unmeasurable input",
     )
     parser.add_argument("--ovmf", required=True, metavar="FILE", help="OVMF firmware image")
     parser.add_argument("--kernel", metavar="FILE", help="kernel for measured direct boot")
@@ -386,40 +557,41 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     from blindbox.attest.manifest import manifest_entry
     from blindbox.attest.measure import measure
 
-    try:
-        result = measure(args.ovmf, vcpus=args.vcpus, vcpu_type=args.vcpu_type, vmm=args.vmm,
-                         kernel=args.kernel, initrd=args.initrd, append=args.append,
-                         guest_features=args.guest_features)
-        entry = manifest_entry(result)
-        if args.manifest:
-            Path(args.manifest).write_text(json.dumps(entry, indent=2) + "\n")
-    except (ConfigurationError, OSError) as exc:
-        print(f"blindbox measure: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    result = measure(args.ovmf, vcpus=args.vcpus, vcpu_type=args.vcpu_type, vmm=args.vmm,
+                     kernel=args.kernel, initrd=args.initrd, append=args.append,
+                     guest_features=args.guest_features)
+    entry = manifest_entry(result)
+    if args.manifest:
+        Path(args.manifest).write_text(json.dumps(entry, indent=2) + "\n")
     print(json.dumps(entry, indent=2) if args.json else result.hex)
     return EXIT_OK
 
 
 def _add_fixture(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "fixture",
+    parser = _subcommand(
+        sub, "fixture",
         help="create or serve a recorded, SIMULATED enclave fixture for tests and CI",
         description=(
             "Recorded fixtures replay SIMULATED SEV-SNP evidence signed by BlindBox's test roots "
             "(never AMD's). Clients trust them only when given the fixture's roots.pem "
-            "explicitly, and must use nonce=False since a recording answers no fresh nonce."
+            "explicitly, and must use nonce=False (blindbox attest --no-nonce) since a recording "
+            "answers no fresh nonce."
         ),
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = actions.add_parser("create", help="write a recorded fixture directory")
+    create = _subcommand(actions, "create", help="write a recorded fixture directory")
     create.add_argument("--measurement", required=True, metavar="HEX",
                         help="launch measurement the simulated enclave reports (96 hex characters)")
     create.add_argument("--product", choices=[p.value.lower() for p in Product], default="milan")
     create.add_argument("--policy", metavar="FILE",
                         help="data-owner policy document whose exact bytes the evidence binds")
-    create.add_argument("-o", "--output", required=True, metavar="DIR")
+    create.add_argument("-o", "--output", required=True, metavar="DIR",
+                        help="the fixture directory; an existing file or non-empty directory is "
+                        "refused unless --force")
+    create.add_argument("--force", action="store_true",
+                        help="write into an existing non-empty directory, replacing the fixture's files")
     create.set_defaults(handler=_cmd_fixture_create)
-    serve = actions.add_parser("serve", help="serve a recorded fixture over TLS on 127.0.0.1")
+    serve = _subcommand(actions, "serve", help="serve a recorded fixture over TLS on 127.0.0.1")
     serve.add_argument("directory", metavar="DIR")
     serve.add_argument("--app", metavar="MODULE:ATTR", help="WSGI app for non-evidence requests "
                        "(default: an echo app)")
@@ -427,19 +599,28 @@ def _add_fixture(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve.set_defaults(handler=_cmd_fixture_serve)
 
 
+def _check_output(path: Path, force: bool) -> None:
+    """Refuse to overwrite: an existing file always, a non-empty directory unless ``force``."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise _UsageError(f"-o {str(path)!r}: expected a directory to create, found an existing file")
+    if path.is_dir() and not force and any(path.iterdir()):
+        raise _UsageError(
+            f"-o {str(path)!r}: the directory exists and is not empty; pass --force to write the "
+            "fixture into it (its fixture files are replaced)"
+        )
+
+
 def _cmd_fixture_create(args: argparse.Namespace) -> int:
     from blindbox.testing.evidence import LiveEvidence  # test kit: loaded only here
 
-    try:
-        policy = _read_input(args.policy, _MAX_INPUT, "policy") if args.policy else None
-        source = LiveEvidence.create(args.measurement, product=Product.from_name(args.product),
-                                     policy=policy)
-        root = source.record().save(args.output)
-    except (_UsageError, ConfigurationError, OSError) as exc:
-        print(f"blindbox fixture create: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"wrote SIMULATED fixture to {root} (evidence signed by BlindBox test roots, NOT AMD)")
-    print(f"trust it in tests with roots={root / 'roots.pem'} and nonce=False")
+    output = Path(args.output)
+    _check_output(output, args.force)
+    policy = _read_input(args.policy, _MAX_INPUT, "policy") if args.policy else None
+    source = LiveEvidence.create(args.measurement, product=Product.from_name(args.product), policy=policy)
+    root = source.record().save(output)
+    _say(f"wrote SIMULATED fixture to {root} (evidence signed by BlindBox test roots, NOT AMD)",
+         f"trust it in tests with roots={root / 'roots.pem'} and nonce=False "
+         "(blindbox attest --roots ... --no-nonce)")
     return EXIT_OK
 
 
@@ -447,24 +628,18 @@ def _cmd_fixture_serve(args: argparse.Namespace) -> int:
     from blindbox.testing.fixture import RecordedEvidence  # test kit: loaded only here
     from blindbox.testing.server import EnclaveServer
 
-    try:
-        app = _load_app(args.app) if args.app else None
-        server = EnclaveServer(app, evidence=RecordedEvidence.load(args.directory), port=args.port)
-    except (_UsageError, ValueError, OSError) as exc:
-        print(f"blindbox fixture serve: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"serving SIMULATED enclave fixture {args.directory} at {server.url} "
-          f"(measurement {server.measurement}); Ctrl-C to stop", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    app = _load_app(args.app) if args.app else None
+    server = EnclaveServer(app, evidence=RecordedEvidence.load(args.directory), port=args.port)
+    _say(f"serving SIMULATED enclave fixture {args.directory} at {server.url} "
+         f"(measurement {server.measurement}); Ctrl-C to stop")
+    sys.stdout.flush()
+    server.serve_forever()  # until Ctrl-C: main() says so and exits 130
     return EXIT_OK
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "demo",
+    parser = _subcommand(
+        sub, "demo",
         help="attest a local SIMULATED enclave, send it data, and show two refusals",
         description=(
             "Starts a local enclave simulated by BlindBox's test kit (evidence signed by TEST "
@@ -492,6 +667,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blindbox",
         description="Send data only to genuine, attested AMD SEV-SNP confidential VMs.",
+        epilog=EXIT_EPILOG,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"blindbox {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -506,12 +683,35 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_line(error: BaseException) -> str:
+    """What went wrong, on one line: the error's class (unless a usage error) and its message."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(error, _UsageError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``blindbox`` command line and return its exit status."""
-    parser = _build_parser()
+    """Run the ``blindbox`` command line and return its exit status (:data:`EXIT_STATUSES`).
+
+    Every failure a command raises becomes its exit status here, and one line on stderr with
+    everything a server or file chose escaped; Ctrl-C is 130 and "interrupted", never a traceback.
+    An error of no known kind is a bug, raised as is.
+    """
+    prog = "blindbox"
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handler: Handler = args.handler
-    return handler(args)
+        parser = _build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse exits on --help, --version and usage errors
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        prog = args.prog
+        handler: Handler = args.handler
+        return handler(args)
+    except (Exception, KeyboardInterrupt) as exc:
+        status = exit_status(exc)
+        if status is None:
+            raise
+        print(f"{prog}: {shown(_error_line(exc), limit=None)}", file=sys.stderr, flush=True)
+        return status

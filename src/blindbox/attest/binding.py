@@ -32,10 +32,27 @@ def expected_report_data(spki_der: bytes, policy: bytes | None, nonce: bytes | N
     ).digest()
 
 
+#: Why evidence recorded without a nonce fails for a client that sent one, and what a test types instead.
+#: Never advice to a production client: from a live server such evidence may be a replay.
+RECORDED = ("a binding of this TLS key with no nonce: the evidence was recorded, not made for this "
+            "connection (a replay, or a test fixture); only for a SIMULATED fixture under its own test "
+            "roots, accept it with nonce=False (blindbox attest --no-nonce)")
+
+
+def recorded_without_nonce(report_data: bytes, spki_der: bytes, policy: bytes | None,
+                           nonce: bytes | None) -> bool:
+    """True when a nonce was sent but ``report_data`` binds this key and policy with none (a recording)."""
+    if nonce is None:
+        return False
+    return hmac.compare_digest(expected_report_data(spki_der, policy, None), report_data)
+
+
 def check_binding(report_data: bytes, spki_der: bytes, policy: bytes | None, nonce: bytes | None) -> None:
     """Raise :class:`BindingMismatchError` unless ``report_data`` binds exactly these values."""
     expected = expected_report_data(spki_der, policy, nonce)
     if not hmac.compare_digest(expected, report_data):
+        if recorded_without_nonce(report_data, spki_der, policy, nonce):
+            raise BindingMismatchError(f"report_data: expected a binding of the nonce sent, found {RECORDED}")
         raise BindingMismatchError(
             "report_data: expected SHA-512 binding of this connection's TLS key "
             f"(SPKI SHA-256 {hashlib.sha256(spki_der).hexdigest()[:16]}...), "

@@ -325,11 +325,14 @@ class Check:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-friendly form, for ``blindbox attest --json``."""
-        return {
+        out: dict[str, object] = {
             "name": self.name, "verdict": self.verdict, "expected": self.expected,
-            "found": self.found, "setting": self.setting, "error": self.error.__name__,
+            "found": self.found, "setting": self.setting,
             "reason": self.reason or None, "warning": self.warning,
         }
+        if not self.passed:  # the error a session raises; a passing check raises none
+            out["error"] = self.error.__name__
+        return out
 
 
 def _one_of(values: Iterable[str]) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from blindbox.attest.binding import check_binding, expected_report_data
+from blindbox.attest.binding import RECORDED, check_binding, expected_report_data, recorded_without_nonce
 from blindbox.attest.evidence import Evidence
 from blindbox.attest.owner_policy import OwnerPolicy, PolicyRequirements
 from blindbox.attest.policy import AttestationPolicy, Check
@@ -317,7 +317,12 @@ def _binding_check(verified: VerifiedReport, spki_der: bytes, served: bytes | No
         passed = False
     expected = (f"{expected_report_data(spki_der, served, nonce).hex()} (SHA-512 binding of "
                 f"{_binding_terms(spki_der, served, nonce, evidence_known=True)})")
-    reason = "" if passed else "the report was made for another TLS key, data-owner policy or nonce"
+    if passed:
+        reason = ""
+    elif recorded_without_nonce(report_data, spki_der, served, nonce):
+        reason = f"found {RECORDED}"
+    else:
+        reason = "the report was made for another TLS key, data-owner policy or nonce"
     return Check("binding", passed, expected, report_data.hex(), BindingMismatchError, None, reason)
 
 

@@ -43,7 +43,12 @@ import platformdirs
 import requests
 
 from blindbox._http import read_bounded
-from blindbox.errors import AttestationError, ConfigurationError, NotAnEnclaveError
+from blindbox.errors import (
+    AttestationError,
+    ConfigurationError,
+    NotAnEnclaveError,
+    VerificationIncompleteError,
+)
 from blindbox.snp.certificate import AmdCertificate, load_all
 from blindbox.snp.chain import CertificateChain
 from blindbox.snp.crl import MAX_CRL_SIZE, RevocationList, check_revocation
@@ -65,7 +70,7 @@ _SPL_PARAMETERS = {"fmc": "fmcSPL", "bootloader": "blSPL", "tee": "teeSPL", "snp
 _SPL_SHORT = {"fmc": "fmc", "bootloader": "bl", "tee": "tee", "snp": "snp", "microcode": "uc"}
 
 
-class KdsError(NotAnEnclaveError):
+class KdsError(NotAnEnclaveError, VerificationIncompleteError):
     """AMD KDS did not deliver what was needed (missing, unavailable, oversized...)."""
 
     def __init__(self, message: str, url: str = "") -> None:
@@ -279,9 +284,9 @@ class KdsClient:
             else:
                 return cert
         if self._offline:
-            raise NotAnEnclaveError(
+            raise KdsError(
                 f"offline: the {product.value} VCEK for chip {hwid.hex()[:16]}... ({tcb}) is not "
-                f"cached at {path}; it would be fetched from {url}"
+                f"cached at {path}; it would be fetched from {url}", url
             )
         data = self._get(url, MAX_CERTIFICATE_RESPONSE, "VCEK")
         try:
@@ -302,7 +307,7 @@ class KdsClient:
         """AMD's (ASK or ASVK, ARK) for ``product`` as KDS serves them: parsed, never anchors."""
         url = cert_chain_url(product, signing_key, base_url=self._base_url)
         if self._offline:
-            raise NotAnEnclaveError(f"offline: the cert_chain is not cached; it would be fetched from {url}")
+            raise KdsError(f"offline: the cert_chain is not cached; it would be fetched from {url}", url)
         data = self._get(url, MAX_CERTIFICATE_RESPONSE, "cert_chain")
         try:
             certs = load_all(data) if b"-----BEGIN" in data else []
@@ -358,9 +363,9 @@ class KdsClient:
             return crl
         family = _family(signing_key).upper()
         if self._offline:
-            raise NotAnEnclaveError(
+            raise KdsError(
                 f"offline: no current {product.value} {family} CRL at {at.isoformat()}: {reason}; "
-                f"it would be fetched from {url}"
+                f"it would be fetched from {url}", url
             )
         data = self._get(url, MAX_CRL_SIZE, "CRL")
         try:

@@ -19,14 +19,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from blindbox._text import shown
 from blindbox.attest.evidence import Evidence
+from blindbox.errors import AttestationError, ConfigurationError
 from blindbox.server.tls import TlsIdentity
+from blindbox.snp.report import AttestationReport
 from blindbox.testing.server import Fault
 
 FORMAT = "blindbox-fixture-v1"
 _FILES = ("fixture.json", "evidence.json", "tls-cert.pem", "tls-key.pem", "roots.pem")
 #: Faults that need fresh evidence, which a recording cannot provide.
 _NEEDS_LIVE = frozenset({Fault.WRONG_KEY, Fault.NONCE_IGNORED, Fault.DEBUG_POLICY, Fault.OTHER_MEASUREMENT})
+
+
+class FixtureError(ConfigurationError):
+    """A fixture directory that cannot be served as it is (missing files, metadata that
+    contradicts the recorded report)."""
 
 
 @dataclass(frozen=True)
@@ -52,20 +60,35 @@ class RecordedEvidence:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> RecordedEvidence:
-        """Read a fixture directory, checking its format and that every file is there."""
+        """Read a fixture directory, checking its format, that every file is there and that the
+        metadata says what the recorded report says (:class:`FixtureError` otherwise)."""
         root = Path(directory)
         missing = [name for name in _FILES if not (root / name).is_file()]
         if missing:
-            raise ValueError(f"fixture {root}: missing {', '.join(missing)}")
-        meta = json.loads((root / "fixture.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"fixture {root}: expected format {FORMAT!r}, found {meta.get('format')!r}")
+            raise FixtureError(f"fixture {root}: missing {', '.join(missing)}")
+        try:
+            meta = json.loads((root / "fixture.json").read_text())
+            recorded = Evidence.from_json((root / "evidence.json").read_bytes())
+            report = AttestationReport.from_bytes(recorded.report)
+        except (ValueError, AttestationError) as exc:
+            raise FixtureError(f"fixture {root}: unreadable ({shown(str(exc))})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else meta
+            raise FixtureError(f"fixture {root}: expected format {FORMAT!r}, found {shown(repr(found))}")
+        for key, actual in (("measurement", report.measurement.hex()),
+                            ("product", report.product.value.lower() if report.product else None)):
+            value = meta.get(key)
+            if actual is not None and (not isinstance(value, str) or value.lower() != actual):
+                raise FixtureError(
+                    f"fixture {root}: fixture.json {key}: expected the recorded report's {actual}, "
+                    f"found {shown(repr(value))}"
+                )
         return cls(
-            recorded=Evidence.from_json((root / "evidence.json").read_bytes()),
+            recorded=recorded,
             identity=TlsIdentity.load(root / "tls-cert.pem", root / "tls-key.pem"),
-            measurement=str(meta["measurement"]),
+            measurement=report.measurement.hex(),
             roots_pem=(root / "roots.pem").read_text(),
-            product=str(meta["product"]),
+            product=report.product.value.lower() if report.product else str(meta.get("product")),
         )
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
