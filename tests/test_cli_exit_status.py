@@ -37,7 +37,7 @@ from blindbox.snp.kds import KdsClient, KdsError, KdsRateLimitedError
 from blindbox.testing.evidence import LiveEvidence
 from blindbox.testing.server import EnclaveServer, Fault
 
-from .conftest import VECTORS
+from .conftest import VECTORS, manifest_validity
 from .test_cli import GENOA, _argv
 from .test_docs import _help, _hook
 
@@ -186,7 +186,8 @@ def test_attest_forged_manifest_signature_is_3(
 ) -> None:
     inputs = {"ovmf_sha256": "ab" * 32, "vcpus": 4, "vcpu_type": "EPYC-Milan", "vmm": "qemu",
               "guest_features": "0x1"}
-    data = json.dumps({"schema": "blindbox-manifest-v1", "name": "vendor app", "version": "1",
+    data = json.dumps({"schema": "blindbox-manifest-v2", "name": "vendor app", "version": "1",
+                       **manifest_validity(),
                        "measurements": [{"digest": enclave.measurement, "inputs": inputs}]}).encode()
     vendor, forger = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
     (tmp_path / "m.json").write_bytes(data)
@@ -196,7 +197,8 @@ def test_attest_forged_manifest_signature_is_3(
     before = len(enclave.evidence_requests)
     code, out, err = run(capsys, "attest", enclave.url, "--manifest", str(tmp_path / "m.json"),
                          "--manifest-signature", str(tmp_path / "forged.sig"),
-                         "--publisher-key", str(tmp_path / "vendor.pem"), "--roots", roots(enclave, tmp_path))
+                         "--publisher-key", str(tmp_path / "vendor.pem"), "--manifest-name", "vendor app",
+                         "--roots", roots(enclave, tmp_path))
     assert (code, out) == (3, "")
     assert err.startswith("blindbox attest: ManifestTrustError: signature: expected a valid Ed25519 ")
     assert len(enclave.evidence_requests) == before  # refused before connecting
