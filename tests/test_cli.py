@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -319,11 +320,15 @@ class FakeKds:
         self.requests: list[tuple[Product, bytes, TcbVersion]] = []
         self.revocation_checks: list[CertificateChain] = []
 
-    def vcek(self, product: Product, chip_id: bytes, tcb: TcbVersion) -> AmdCertificate:
+    def vcek(self, product: Product, chip_id: bytes, tcb: TcbVersion, *,
+             check: Callable[[AmdCertificate], object] | None = None) -> AmdCertificate:
         self.requests.append((product, chip_id, tcb))
         for vector in VECTORS_E2E:
             if vector.entry["chip_id"] == chip_id.hex() and vector.entry["reported_tcb_hex"] == tcb.raw.hex():
-                return AmdCertificate.from_der(vector.cert)
+                cert = AmdCertificate.from_der(vector.cert)
+                if check is not None:
+                    check(cert)
+                return cert
         raise AssertionError("no such VCEK in the vectors")
 
     def check_revocation(self, chain: CertificateChain, at: datetime.datetime) -> None:
@@ -413,17 +418,18 @@ def test_offline_end_to_end_with_a_hand_provisioned_cache(
     vcek = kds / "vcek" / "Genoa" / GENOA.entry["chip_id"] / "bl10_tee0_snp25_uc84.der"
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith("NotAnEnclaveError: offline: the Genoa VCEK") and f"not cached at {vcek}" in err
+    assert err.startswith("KdsError: offline: the Genoa VCEK") and f"not cached at {vcek}" in err
     vcek.parent.mkdir(parents=True)
     vcek.write_bytes(GENOA.cert)
     crl = kds / "crl" / "vcek" / "Genoa.crl"
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith("NotAnEnclaveError: offline: no current Genoa VCEK CRL")
+    assert err.startswith("KdsError: offline: no current Genoa VCEK CRL")
     assert f"none cached at {crl}" in err
     crl.parent.mkdir(parents=True)
-    crl.write_bytes(SoftwarePlatform().crl(Product.GENOA, this_update=at - datetime.timedelta(days=1),
-                                           next_update=at + datetime.timedelta(days=1)))
+    day = datetime.timedelta(days=1)
+    test_crl = SoftwarePlatform().crl(Product.GENOA, this_update=at - day, next_update=at + day)
+    crl.write_bytes(b"blindbox-kds-crl vcek Genoa\n" + test_crl)  # the product and family it is for
     code, result, err = _run_json(argv, capsys)
     assert code == 1 and result["verified"] is False
     message = result["error"]["message"]
@@ -431,7 +437,7 @@ def test_offline_end_to_end_with_a_hand_provisioned_cache(
     refused = (f"the cached one (disk, {crl}) is unusable: CRL: expected issuer 'OU=Engineering, C=US, "
                "L=Santa Clara, ST=CA, O=Advanced Micro Devices, CN=ARK-Genoa' (the chain's anchor)")
     assert refused in message
-    assert err == f"NotAnEnclaveError: {message}\n"
+    assert err == f"KdsError: {message}\n"
     assert crl.is_file()  # refused, not trusted, and left for the operator to replace
 
 
