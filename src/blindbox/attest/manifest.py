@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from blindbox._http import read_bounded
+from blindbox import _http
 from blindbox.attest import strict_json
 from blindbox.attest.measure import Measurement
 from blindbox.attest.owner_policy import PolicyRequirements, check_host
@@ -248,17 +248,19 @@ def _read_file(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
 
 
 def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
-    """GET ``url`` over WebPKI-verified HTTPS, following at most a few https-only redirects."""
+    """GET ``url`` over WebPKI-verified HTTPS, following at most a few https-only redirects.
+
+    ``timeout`` is one deadline for the whole fetch, redirects included (not a per-read timeout).
+    """
+    deadline = _http.Deadline(timeout, what)
     for _ in range(MAX_REDIRECTS + 1):
         if not url.lower().startswith("https://"):
             raise ManifestError(
                 f"{what} URL: expected https:// (fetched with WebPKI-verified TLS), found {url!r}"
             )
         try:
-            response = requests.get(
-                url, timeout=timeout, stream=True, allow_redirects=False, verify=True,
-                headers={"Accept": "application/json, */*"},
-            )
+            response = _http.get(url, deadline=deadline, verify=True,
+                                 headers={"Accept": "application/json, */*"})
         except requests.RequestException as exc:
             raise ManifestError(f"{what}: fetching {url} failed ({type(exc).__name__}: {exc})") from None
         with response:
@@ -270,7 +272,7 @@ def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
                     f"{what}: expected HTTP 200 from {url}, found HTTP {response.status_code}"
                 )
             try:
-                body = read_bounded(response, limit, chunk_size=64 * 1024)
+                body = _http.read_bounded(response, limit, chunk_size=64 * 1024, deadline=deadline)
             except requests.RequestException as exc:
                 raise ManifestError(f"{what}: reading {url} failed ({type(exc).__name__}: {exc})") from None
             if body is None:
