@@ -561,7 +561,7 @@ class KdsClient:
         """
         if self._on_fetch is not None:
             self._on_fetch(what, url)
-        deadline = _http.Deadline(self._timeout, f"KDS {kind} request {url}")
+        deadline = _http.Deadline(self._timeout, f"{kind} request {url}")
         waited = 0.0
         attempts = 0
         while True:
@@ -569,18 +569,23 @@ class KdsClient:
             outcome = self._attempt(url, limit, kind, deadline)
             if isinstance(outcome, bytes):
                 return outcome
-            remaining = min(self._max_backoff - waited, deadline.remaining())
             if attempts > self._max_retries:
                 raise self._give_up(url, kind, outcome, attempts, waited)
+            budget, left = self._max_backoff - waited, deadline.remaining()
             if outcome.retry_after is not None:
                 delay = outcome.retry_after
-                if delay > remaining:
+                if delay > budget or delay >= left:
+                    room, limit_name = ((budget, "max_backoff_seconds") if delay > budget
+                                        else (left, f"the {self._timeout:g} s deadline"))
                     reason = (f"{outcome.reason} with Retry-After {delay:.0f} s, more than the "
-                              f"{max(remaining, 0):.0f} s left of max_backoff_seconds and the "
-                              f"{self._timeout:g} s deadline")
+                              f"{max(room, 0):.0f} s left of {limit_name}")
                     raise self._give_up(url, kind, replace(outcome, reason=reason), attempts, waited)
-            elif remaining > 0:
-                delay = min(_BACKOFF_BASE_SECONDS * 2 ** (attempts - 1), remaining)
+            elif budget > 0:
+                delay = min(_BACKOFF_BASE_SECONDS * 2 ** (attempts - 1), budget)
+                if delay >= left:
+                    reason = (f"{outcome.reason}; the next retry (in {delay:.0f} s) would pass "
+                              f"the {self._timeout:g} s deadline")
+                    raise self._give_up(url, kind, replace(outcome, reason=reason), attempts, waited)
             else:
                 raise self._give_up(url, kind, outcome, attempts, waited)
             log.debug("KDS: %s for %s; retrying in %.1f s", outcome.reason, url, delay)
