@@ -406,6 +406,10 @@ def test_chain_without_cert_goes_to_kds_for_the_leaf_only(
     capsys.readouterr()
 
 
+OFFLINE_HINT = ("blindbox verify: AMD KDS could not be used; pass the VCEK with --cert (and the ASK with "
+                "--chain) to verify offline\n")
+
+
 def test_offline_end_to_end_with_a_hand_provisioned_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -437,7 +441,7 @@ def test_offline_end_to_end_with_a_hand_provisioned_cache(
     refused = (f"the cached one (disk, {crl}) is unusable: CRL: expected issuer 'OU=Engineering, C=US, "
                "L=Santa Clara, ST=CA, O=Advanced Micro Devices, CN=ARK-Genoa' (the chain's anchor)")
     assert refused in message
-    assert err == f"KdsError: {message}\n"
+    assert err == f"KdsError: {message}\n" + OFFLINE_HINT
     assert crl.is_file()  # refused, not trusted, and left for the operator to replace
 
 

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blindbox import __version__
-from blindbox.errors import AttestationError, ConfigurationError, NotAnEnclaveError
+from blindbox.errors import (
+    AttestationError,
+    ConfigurationError,
+    NotAnEnclaveError,
+    VerificationIncompleteError,
+)
 from blindbox.snp.certificate import AmdCertificate, load_all
 from blindbox.snp.describe import describe, render_text
 from blindbox.snp.product import Product
@@ -104,7 +109,12 @@ def _chain_certificates(data: bytes) -> dict[str, CertificateInput]:
 def _kds_client(offline: bool) -> KdsSource:
     from blindbox.snp.kds import KdsClient  # the only module that touches the network
 
-    return KdsClient(offline=offline)
+    return KdsClient(offline=offline, on_fetch=_say_fetching)
+
+
+def _say_fetching(what: str, url: str) -> None:
+    print(f"blindbox verify: fetching {what} from {url} (use --cert/--chain to verify offline)",
+          file=sys.stderr)
 
 
 def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -159,6 +169,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except AttestationError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        if isinstance(exc, VerificationIncompleteError) and not args.cert:
+            print("blindbox verify: AMD KDS could not be used; pass the VCEK with --cert (and the ASK "
+                  "with --chain) to verify offline", file=sys.stderr)
         if args.json:
             failed = describe(parsed) if parsed is not None else {"report": None, "verification": None}
             error = {"type": type(exc).__name__, "message": str(exc)}
