@@ -6,21 +6,31 @@ then walks its chain to a pinned root; a CRL counts only when the anchor of the
 chain being checked signed it and it is current (:mod:`blindbox.snp.crl`).
 Revocation fails closed: a CRL that cannot be fetched or verified is an error.
 
-VCEKs are immutable, so they are cached on disk, written atomically (temporary
-file then ``os.replace`` in the same directory, safe across processes) and
-re-checked against their key whenever read; a cached file that does not check
-out is deleted. CRLs are cached in memory and on disk but never used outside
-``thisUpdate <= at < nextUpdate``. Layout under ``cache_dir`` (provision it by
-hand for air-gapped use with ``offline=True``)::
+The cache is untrusted input too. Every level from ``cache_dir`` down must be a
+directory owned by this user and writable by nobody else (created 0700), every
+entry a regular file of this user's, writable by nobody else, opened with
+``O_NOFOLLOW|O_NONBLOCK`` (a symlink is not followed, a FIFO cannot block);
+anything else is refused with a warning naming it. Entries are written
+atomically (temporary file then ``os.replace``, safe across processes); one that
+fails to parse is deleted, and a cached VCEK whose chain fails is evicted and
+fetched once more. A cached CRL records its product and key family on its first
+line (both families are signed by the same ARK), is used only while current and
+at most ``max_crl_age_seconds`` after its thisUpdate (offline: while current),
+and is never replaced by an older one. Layout under ``cache_dir`` (provision it
+by hand for air-gapped use with ``offline=True``)::
 
     kds/vcek/<Product>/<hwid hex>/[fmc<n>_]bl<n>_tee<n>_snp<n>_uc<n>.der
-    kds/crl/<vcek|vlek>/<Product>.crl
+    kds/crl/<vcek|vlek>/<Product>.crl   ("blindbox-kds-crl <vcek|vlek> <Product>\n" + DER)
 
-Every response size is bounded. HTTP 429 is honoured (Retry-After in seconds or
-as an HTTP-date) with a bounded exponential backoff; 5xx and transport errors
-are retried a bounded number of times; 404 and other 4xx never are. VLEKs
-cannot be fetched: AMD gives them only to cloud providers, so a VLEK must come
-with the evidence.
+Every response size is bounded, and each request has one deadline (``timeout``)
+covering the connection, every read, the retries and their backoff. HTTP 429 is
+honoured (Retry-After in seconds or as an HTTP-date) with a bounded exponential
+backoff; 5xx and transport errors are retried a bounded number of times; 404 and
+other 4xx never are. What leaves the verification incomplete (KDS unreachable,
+HTTP errors, rate limiting, the deadline, an offline miss) is :class:`KdsError`,
+a :class:`~blindbox.errors.VerificationIncompleteError`. VLEKs cannot be
+fetched: AMD gives them only to cloud providers, so a VLEK must come with the
+evidence.
 """
 
 from __future__ import annotations
