@@ -20,7 +20,7 @@ and is never replaced by an older one. Layout under ``cache_dir`` (provision it
 by hand for air-gapped use with ``offline=True``)::
 
     kds/vcek/<Product>/<hwid hex>/[fmc<n>_]bl<n>_tee<n>_snp<n>_uc<n>.der
-    kds/crl/<vcek|vlek>/<Product>.crl   ("blindbox-kds-crl <vcek|vlek> <Product>\n" + DER)
+    kds/crl/<vcek|vlek>/<Product>.crl   (the line "blindbox-kds-crl <vcek|vlek> <Product>", then the DER)
 
 Every response size is bounded, and each request has one deadline (``timeout``)
 covering the connection, every read, the retries and their backoff. HTTP 429 is
@@ -376,7 +376,7 @@ class KdsClient:
         self._sleep = sleep
         self._on_fetch = on_fetch
         self._lock = threading.Lock()
-        self._crls: dict[tuple[Product, SigningKey], bytes] = {}
+        self._crls: dict[tuple[Product, SigningKey], RevocationList] = {}
 
     def _entry(self, parts: tuple[str, ...], name: str, *, create: bool = False) -> Path | None:
         """The cache entry ``kds/parts.../name``, or None when a level is missing or unsafe."""
@@ -498,16 +498,16 @@ class KdsClient:
         with self._lock:
             in_memory = self._crls.get(key)
         path = self._entry(parts, name)
-        on_disk = _read_entry(path, MAX_CRL_SIZE + len(header)) if path is not None else None
-        for source, data in (("memory", in_memory), ("disk", on_disk)):
-            if data is None:
-                continue
+        on_disk: RevocationList | None = None
+        data = _read_entry(path, MAX_CRL_SIZE + len(header)) if path is not None else None
+        if path is not None and data is not None:
             try:
-                crl = _parse_crl_entry(data, header)
+                on_disk = _parse_crl_entry(data, header)
             except Exception as exc:  # untrusted cache bytes: any parsing failure discards them
-                if source == "disk" and path is not None:
-                    _discard(path, _reason(exc))
-                reasons.append(f"the cached one ({source}) was discarded: {_reason(exc)}")
+                _discard(path, _reason(exc))
+                reasons.append(f"the cached one ({where}) was discarded: {_reason(exc)}")
+        for source, crl in (("memory", in_memory), ("disk", on_disk)):
+            if crl is None:
                 continue
             try:
                 crl.verify_signed_by(anchor)
@@ -524,7 +524,7 @@ class KdsClient:
             if best is None or crl.this_update > best.this_update:
                 best = crl
         if best is not None and (self._offline or at - best.this_update <= self._max_crl_age):
-            self._remember(key, header, best)
+            self._remember(key, best)
             return best
         if best is not None:
             reasons.append(f"the cached one was issued {best.this_update.isoformat()}, more than "
@@ -544,23 +544,19 @@ class KdsClient:
             log.warning("KDS: the %s from %s (thisUpdate %s) is older than the cached one (%s); "
                         "keeping the cached one", label, url, fetched.this_update.isoformat(),
                         best.this_update.isoformat())
-            self._remember(key, header, best)
+            self._remember(key, best)
             return best
-        self._remember(key, header, fetched)
+        self._remember(key, fetched)
         if newest_on_disk is None or fetched.this_update >= newest_on_disk.this_update:
             self._store(parts, name, header + fetched.der)
         return fetched
 
-    def _remember(self, key: tuple[Product, SigningKey], header: bytes, crl: RevocationList) -> None:
+    def _remember(self, key: tuple[Product, SigningKey], crl: RevocationList) -> None:
+        """Keep ``crl`` in memory unless a CRL with a later thisUpdate is kept already."""
         with self._lock:
             kept = self._crls.get(key)
-            if kept is not None:
-                try:
-                    if _parse_crl_entry(kept, header).this_update > crl.this_update:
-                        return
-                except NotAnEnclaveError:
-                    pass
-            self._crls[key] = header + crl.der
+            if kept is None or kept.this_update <= crl.this_update:
+                self._crls[key] = crl
 
     # -- HTTP with one deadline and bounded retries
 
