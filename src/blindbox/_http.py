@@ -175,7 +175,7 @@ class _DeadlineAdapter(requests.adapters.HTTPAdapter):
         return manager
 
 
-def session() -> requests.Session:
+def new_session() -> requests.Session:
     """A ``requests.Session`` whose fetches through :func:`get` are bounded at every socket read."""
     made = requests.Session()
     adapter = _DeadlineAdapter()
@@ -201,31 +201,23 @@ def get(url: str, *, deadline: Deadline, session: requests.Session | None = None
         **kwargs: Any) -> requests.Response:
     """``GET url`` streamed, without following redirects, under ``deadline`` up to the headers.
 
-    Read the body with :func:`read_bounded` under the same deadline. With a session from
-    :func:`session` (the default) every socket read, the TLS handshake included, is bounded by the
-    deadline; another session's adapters bound each wait by what remained when the request began.
-    Raises :class:`DeadlineExceeded` (a ``requests.Timeout``) once the deadline has passed.
+    Read the body with :func:`read_bounded` under the same deadline. Without ``session`` (like
+    ``requests.get``, a fresh one) or with one from :func:`new_session`, every socket read, the TLS
+    handshake included, is bounded by the deadline; another session's adapters bound each wait by
+    what remained when the request began. Raises :class:`DeadlineExceeded` (a
+    ``requests.Timeout``) once the deadline has passed.
     """
-    fetcher = session if session is not None else _shared_session()
     left = deadline.timeout()
     try:
         with _deadline_active(deadline):
-            return fetcher.get(url, timeout=(left, left), stream=True, allow_redirects=False, **kwargs)
+            if session is not None:
+                return session.get(url, timeout=(left, left), stream=True, allow_redirects=False, **kwargs)
+            with new_session() as fresh:
+                return fresh.get(url, timeout=(left, left), stream=True, allow_redirects=False, **kwargs)
     except requests.RequestException:
         if deadline.remaining() <= 0:
             raise deadline.expired() from None
         raise
-
-
-_shared: list[requests.Session] = []
-_shared_lock = threading.Lock()
-
-
-def _shared_session() -> requests.Session:
-    with _shared_lock:
-        if not _shared:
-            _shared.append(session())
-        return _shared[0]
 
 
 def declared_length(response: requests.Response) -> int | None:

@@ -367,7 +367,7 @@ class KdsClient:
         self._root = Path(cache_dir) if cache_dir is not None else Path(
             platformdirs.user_cache_dir("blindbox"))
         self._offline = offline
-        self._session = session if session is not None else _http.session()
+        self._session = session if session is not None else _http.new_session()
         self._base_url = _base(base_url)
         self._timeout = float(timeout)
         self._max_retries = max_retries
