@@ -34,7 +34,7 @@ class DeadlineExceeded(requests.exceptions.Timeout):
 class Deadline:
     """One monotonic deadline for a whole fetch, retries included."""
 
-    def __init__(self, seconds: float, what: str = "fetch") -> None:
+    def __init__(self, seconds: float, what: str = "") -> None:
         self.seconds = seconds
         self.what = what
         self._end = time.monotonic() + seconds
@@ -45,7 +45,8 @@ class Deadline:
 
     def expired(self) -> DeadlineExceeded:
         """The error to raise once the deadline has passed."""
-        return DeadlineExceeded(f"{self.what}: no complete answer within {self.seconds:g} s (deadline)")
+        prefix = f"{self.what}: " if self.what else ""
+        return DeadlineExceeded(f"{prefix}no complete answer within {self.seconds:g} s (deadline)")
 
     def timeout(self) -> float:
         """What remains, for the next blocking wait; :class:`DeadlineExceeded` when nothing does."""

@@ -252,7 +252,7 @@ def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
 
     ``timeout`` is one deadline for the whole fetch, redirects included (not a per-read timeout).
     """
-    deadline = _http.Deadline(timeout, what)
+    deadline = _http.Deadline(timeout)
     for _ in range(MAX_REDIRECTS + 1):
         if not url.lower().startswith("https://"):
             raise ManifestError(

@@ -334,7 +334,9 @@ class KdsClient:
     (by its thisUpdate, at the time checked) is fetched again so that AMD's
     re-issues are picked up (offline, any current one is used).
     ``on_fetch(what, url)`` is called before each network request, e.g. to
-    tell a user what is being fetched. Errors that leave the verification
+    tell a user what is being fetched. A ``session`` of your own keeps its
+    adapters: the deadline is then checked between body chunks, and each socket
+    wait is bounded by what remained when the request began. Errors that leave the verification
     incomplete (KDS unreachable, HTTP errors, rate limiting, the deadline, an
     offline miss) are :class:`KdsError`, a
     :class:`~blindbox.errors.VerificationIncompleteError`.
