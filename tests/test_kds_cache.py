@@ -356,9 +356,9 @@ def test_a_cache_file_owned_by_another_user_is_refused(
     rsps.get(case.crl_url, body=case.crl(this_update=AT - HOUR, revoked=(ask,)))
     with pytest.raises(NotAnEnclaveError, match="revoked: intermediate 'SEV-Milan'"):
         case.verify(case.client())
-    assert any(f"expected owner uid {os.getuid()} (this user), found uid {OTHER_UID}" in m
+    assert any(f"expected owner uid {os.geteuid()} (this user), found uid {OTHER_UID}" in m
                for m in warnings_naming(caplog, case.crl_file))
-    assert case.crl_file.stat().st_uid == os.getuid()
+    assert case.crl_file.stat().st_uid == os.geteuid()
 
 
 @pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])

@@ -179,8 +179,8 @@ def _insecure(st: os.stat_result, kind: str) -> str | None:
     want_dir = kind == "directory"
     if not (stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)):
         return f"expected a {kind}, found {_file_type(st.st_mode)}"
-    if st.st_uid != os.getuid():
-        return f"expected owner uid {os.getuid()} (this user), found uid {st.st_uid}"
+    if st.st_uid != os.geteuid():
+        return f"expected owner uid {os.geteuid()} (this user), found uid {st.st_uid}"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"expected no group/other write permission, found mode {stat.S_IMODE(st.st_mode):04o}"
     return None
