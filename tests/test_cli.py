@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -321,11 +322,15 @@ class FakeKds:
         self.requests: list[tuple[Product, bytes, TcbVersion]] = []
         self.revocation_checks: list[CertificateChain] = []
 
-    def vcek(self, product: Product, chip_id: bytes, tcb: TcbVersion) -> AmdCertificate:
+    def vcek(self, product: Product, chip_id: bytes, tcb: TcbVersion, *,
+             check: Callable[[AmdCertificate], object] | None = None) -> AmdCertificate:
         self.requests.append((product, chip_id, tcb))
         for vector in VECTORS_E2E:
             if vector.entry["chip_id"] == chip_id.hex() and vector.entry["reported_tcb_hex"] == tcb.raw.hex():
-                return AmdCertificate.from_der(vector.cert)
+                cert = AmdCertificate.from_der(vector.cert)
+                if check is not None:
+                    check(cert)
+                return cert
         raise AssertionError("no such VCEK in the vectors")
 
     def check_revocation(self, chain: CertificateChain, at: datetime.datetime) -> None:
@@ -406,6 +411,10 @@ def test_chain_without_cert_goes_to_kds_for_the_leaf_only(
     capsys.readouterr()
 
 
+OFFLINE_HINT = ("blindbox verify: AMD KDS could not be used; pass the VCEK with --cert (and the ASK with "
+                "--chain) to verify offline\n")
+
+
 def test_offline_end_to_end_with_a_hand_provisioned_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -428,8 +437,9 @@ def test_offline_end_to_end_with_a_hand_provisioned_cache(
     assert err.startswith("blindbox verify: KdsError: offline: no current Genoa VCEK CRL")
     assert f"none cached at {crl}" in err
     crl.parent.mkdir(parents=True)
-    crl.write_bytes(SoftwarePlatform().crl(Product.GENOA, this_update=at - datetime.timedelta(days=1),
-                                           next_update=at + datetime.timedelta(days=1)))
+    day = datetime.timedelta(days=1)
+    test_crl = SoftwarePlatform().crl(Product.GENOA, this_update=at - day, next_update=at + day)
+    crl.write_bytes(b"blindbox-kds-crl vcek Genoa\n" + test_crl)  # the product and family it is for
     code, result, err = _run_json(argv, capsys)
     assert code == 4 and result["verified"] is False  # no usable CRL: revocation could not be checked
     message = result["error"]["message"]
@@ -437,7 +447,7 @@ def test_offline_end_to_end_with_a_hand_provisioned_cache(
     refused = (f"the cached one (disk, {crl}) is unusable: CRL: expected issuer 'OU=Engineering, C=US, "
                "L=Santa Clara, ST=CA, O=Advanced Micro Devices, CN=ARK-Genoa' (the chain's anchor)")
     assert refused in message
-    assert err == f"blindbox verify: KdsError: {message}\n"
+    assert err == f"blindbox verify: KdsError: {message}\n" + OFFLINE_HINT
     assert crl.is_file()  # refused, not trusted, and left for the operator to replace
 
 

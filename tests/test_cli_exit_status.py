@@ -147,7 +147,7 @@ def test_verify_kds_unreachable_is_4(
         assert len(mock.calls) == 2  # one retry, then it gives up
     assert code == 4 and len(slept) == 1
     assert err.startswith("blindbox verify: KdsError: KDS unavailable: VCEK request https://kdsintf.amd.com/")
-    assert err.count("\n") == 1
+    assert err.count("\n") == 2 and err.endswith("to verify offline\n")  # the error line, then the hint
     if as_json:
         doc = json.loads(out)
         assert doc["verified"] is False and doc["error"]["exit_status"] == 4

@@ -140,7 +140,7 @@ def _revoked_ask() -> None:
     with tempfile.TemporaryDirectory() as cache:
         path = Path(cache) / "kds" / "crl" / "vcek" / "Milan.crl"
         path.parent.mkdir(parents=True)
-        path.write_bytes(crl)
+        path.write_bytes(b"blindbox-kds-crl vcek Milan\n" + crl)  # the product and family it is for
         verify_report(signed.raw, certificates=dict(signed.certificates),
                       roots=platform.roots_pem(Product.MILAN), at=AT,
                       kds=KdsClient(cache_dir=cache, offline=True))

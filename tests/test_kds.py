@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from blindbox.errors import ConfigurationError, NotAnEnclaveError
+from blindbox.errors import ConfigurationError, NotAnEnclaveError, VerificationIncompleteError
 from blindbox.snp import crl as crl_mod
 from blindbox.snp import der as der_reader
 from blindbox.snp.certificate import AmdCertificate
@@ -106,6 +106,11 @@ def real(vectors: Path) -> dict[Product, RealCase]:
 @pytest.fixture
 def milan(real: dict[Product, RealCase]) -> RealCase:
     return real[Product.MILAN]
+
+
+def crl_entry(product: Product, family: Literal["vcek", "vlek"], der: bytes) -> bytes:
+    """A CRL as the cache keeps it: a first line recording its product and key family, then the DER."""
+    return f"blindbox-kds-crl {family} {product.value}\n".encode() + der
 
 
 def never_sleep(seconds: float) -> None:
@@ -407,7 +412,7 @@ def test_cache_key_includes_the_full_tcb_with_fmc(
     other_fmc = TcbVersion.from_components(fmc=1, bootloader=1, tee=0, snp=2, microcode=71)
     other_url = f"{KDS}/vcek/v1/Turin/3b42092f69c656d3?fmcSPL=1&blSPL=1&teeSPL=0&snpSPL=2&ucodeSPL=71"
     rsps.get(other_url, status=404)
-    with pytest.raises(NotAnEnclaveError, match="HTTP 404"):
+    with pytest.raises(KdsError, match="HTTP 404"):
         client.vcek(Product.TURIN, turin.report.chip_id, other_fmc)
     assert [c.request.url for c in rsps.calls] == [turin.url, other_url]
 
@@ -443,7 +448,7 @@ def test_offline_corrupt_cache_is_not_trusted(milan: RealCase, tmp_path: Path, v
     path.parent.mkdir(parents=True)
     path.write_bytes(_other_milan_vcek(vectors))
     client = KdsClient(sleep=never_sleep, cache_dir=tmp_path, offline=True)
-    with pytest.raises(NotAnEnclaveError, match="offline"):
+    with pytest.raises(KdsError, match=r"offline: .* was cached at .* but discarded .*expected hwID"):
         client.vcek(Product.MILAN, milan.report.chip_id, milan.report.reported_tcb)
     assert not path.exists()
 
@@ -463,9 +468,11 @@ def test_wrong_vcek_from_kds_is_refused_and_not_cached(
 def test_offline_miss_names_the_file_and_url(milan: RealCase, tmp_path: Path) -> None:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         client = KdsClient(sleep=never_sleep, cache_dir=tmp_path, offline=True)
-        with pytest.raises(NotAnEnclaveError) as info:
+        with pytest.raises(KdsError) as info:
             client.vcek(Product.MILAN, milan.report.chip_id, milan.report.reported_tcb)
         assert len(mock.calls) == 0
+    assert isinstance(info.value, VerificationIncompleteError)
+    assert not isinstance(info.value, NotAnEnclaveError)
     message = str(info.value)
     assert str(tmp_path / milan.cache_file) in message
     assert milan.url in message
@@ -487,7 +494,7 @@ def test_default_cache_dir_is_the_user_cache(
     milan: RealCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(platformdirs, "user_cache_dir", lambda name: str(tmp_path / "user-cache" / name))
-    with pytest.raises(NotAnEnclaveError) as info:
+    with pytest.raises(KdsError) as info:
         _vcek(KdsClient(sleep=never_sleep, offline=True), milan)
     assert str(tmp_path / "user-cache" / "blindbox" / milan.cache_file) in str(info.value)
 
@@ -507,6 +514,7 @@ def test_concurrent_writers_of_one_key_never_leave_a_torn_file(tmp_path: Path) -
     """Two processes rewrite the same cache file while this one reads it: every read is whole."""
     path = tmp_path / "kds" / "vcek" / "Milan" / "chip" / "bl1_tee0_snp1_uc1.der"
     size = 512 * 1024
+    path.parent.mkdir(parents=True, mode=0o700)
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), fill, "150"]) for fill in "AB"]
     reads = 0
     try:
@@ -545,6 +553,7 @@ def test_429_with_retry_after_http_date(
     when = email.utils.format_datetime(dt.datetime.now(UTC) + dt.timedelta(seconds=30), usegmt=True)
     rsps.get(milan.url, status=429, headers={"Retry-After": when})
     rsps.get(milan.url, body=milan.vcek_der)
+    client = KdsClient(cache_dir=client._root, sleep=sleeps.append, timeout=60)  # the wait is in the deadline
     assert _vcek(client, milan).der == milan.vcek_der
     assert len(sleeps) == 1 and 25.0 <= sleeps[0] <= 30.0
 
@@ -621,7 +630,7 @@ def test_4xx_is_never_retried(
 ) -> None:
     rsps.get(milan.url, status=status)
     rsps.get(milan.url, body=milan.vcek_der)
-    with pytest.raises(NotAnEnclaveError, match=f"HTTP {status}") as info:
+    with pytest.raises(KdsError, match=f"HTTP {status}") as info:
         _vcek(client, milan)
     assert milan.url in str(info.value)
     assert len(rsps.calls) == 1
@@ -632,7 +641,7 @@ def test_404_says_which_url_had_no_certificate(
     client: KdsClient, milan: RealCase, rsps: responses.RequestsMock
 ) -> None:
     rsps.get(milan.url, status=404)
-    with pytest.raises(NotAnEnclaveError, match=re.escape(f"KDS has no VCEK at {milan.url} (HTTP 404")):
+    with pytest.raises(KdsError, match=re.escape(f"KDS has no VCEK at {milan.url} (HTTP 404")):
         _vcek(client, milan)
 
 
@@ -923,7 +932,7 @@ def test_check_revocation_fetches_the_right_crl_once(
     rsps.get(f"{KDS}/vcek/v1/Milan/crl", body=good_crl(pki))
     rsps.get(f"{KDS}/vlek/v1/Milan/crl", body=good_crl(pki, revoked=(0x10101,)))
     client.check_revocation(pki.vcek_chain, AT)
-    client.check_revocation(pki.vcek_chain, AT + dt.timedelta(hours=12))
+    client.check_revocation(pki.vcek_chain, AT - dt.timedelta(hours=12))
     with pytest.raises(NotAnEnclaveError, match="revoked: intermediate 'SEV-VLEK-Milan'"):
         client.check_revocation(pki.vlek_chain, AT)
     assert [c.request.url for c in rsps.calls] == [f"{KDS}/vcek/v1/Milan/crl", f"{KDS}/vlek/v1/Milan/crl"]
@@ -951,7 +960,7 @@ def test_stale_cached_crl_is_refetched(client: KdsClient, pki: Pki, rsps: respon
     assert len(rsps.calls) == 1
     client.check_revocation(pki.vcek_chain, AT + dt.timedelta(days=2))
     assert len(rsps.calls) == 2
-    client.check_revocation(pki.vcek_chain, AT + dt.timedelta(days=3))
+    client.check_revocation(pki.vcek_chain, AT + dt.timedelta(days=1, hours=20))
     assert len(rsps.calls) == 2
 
 
@@ -975,11 +984,11 @@ def test_offline_with_only_a_stale_crl_fails_clearly(
     rsps.get(f"{KDS}/vcek/v1/Milan/crl", body=good_crl(pki))
     client.check_revocation(pki.vcek_chain, AT)
     offline = KdsClient(sleep=never_sleep, cache_dir=tmp_path, offline=True)
-    with pytest.raises(NotAnEnclaveError, match=r"offline: no current Milan VCEK CRL.*expired") as info:
+    with pytest.raises(KdsError, match=r"offline: no current Milan VCEK CRL.*expired") as info:
         offline.check_revocation(pki.vcek_chain, AT + dt.timedelta(days=2))
     assert str(tmp_path / "kds/crl/vcek/Milan.crl") in str(info.value)
     assert f"{KDS}/vcek/v1/Milan/crl" in str(info.value)
-    with pytest.raises(NotAnEnclaveError, match="none cached at"):
+    with pytest.raises(KdsError, match="none cached at"):
         empty = KdsClient(sleep=never_sleep, cache_dir=tmp_path / "empty", offline=True)
         empty.check_revocation(pki.vcek_chain, AT)
     assert len(rsps.calls) == 1
@@ -990,11 +999,13 @@ def test_crl_cached_on_disk_under_another_key_is_ignored(
 ) -> None:
     path = tmp_path / "kds/crl/vcek/Milan.crl"
     path.parent.mkdir(parents=True)
-    path.write_bytes(make_crl(pki.other_key, pki.ark.subject_der, this_update=AT, next_update=DAY_AFTER))
-    rsps.get(f"{KDS}/vcek/v1/Milan/crl", body=good_crl(pki))
+    other = make_crl(pki.other_key, pki.ark.subject_der, this_update=AT, next_update=DAY_AFTER)
+    path.write_bytes(crl_entry(Product.MILAN, "vcek", other))
+    served = good_crl(pki)
+    rsps.get(f"{KDS}/vcek/v1/Milan/crl", body=served)
     client.check_revocation(pki.vcek_chain, AT)
     assert len(rsps.calls) == 1
-    RevocationList.from_der(path.read_bytes()).verify_signed_by(pki.ark)  # the poisoned file was replaced
+    assert path.read_bytes() == crl_entry(Product.MILAN, "vcek", served)  # the poisoned file was replaced
 
 
 def test_memory_cache_serves_when_the_disk_cache_is_unwritable(
@@ -1006,14 +1017,14 @@ def test_memory_cache_serves_when_the_disk_cache_is_unwritable(
     rsps.get(milan.url, body=milan.vcek_der)
     assert _vcek(client, milan).der == milan.vcek_der
     rsps.get(f"{KDS}/vcek/v1/Milan/crl", body=good_crl(pki))
-    client.check_revocation(pki.vcek_chain, AT)
-    client.check_revocation(pki.vcek_chain, AT + dt.timedelta(hours=1))
+    client.check_revocation(pki.vcek_chain, AT - dt.timedelta(hours=12))
+    client.check_revocation(pki.vcek_chain, AT - dt.timedelta(hours=11))
     assert [c.request.url for c in rsps.calls] == [milan.url, f"{KDS}/vcek/v1/Milan/crl"]
 
 
 def test_crl_unavailable_fails_closed(client: KdsClient, pki: Pki, rsps: responses.RequestsMock) -> None:
     rsps.get(f"{KDS}/vcek/v1/Milan/crl", status=404)
-    with pytest.raises(NotAnEnclaveError, match="KDS has no CRL at"):
+    with pytest.raises(KdsError, match="KDS has no CRL at"):
         client.check_revocation(pki.vcek_chain, AT)
 
 
@@ -1038,8 +1049,8 @@ def test_verify_report_with_mocked_kds_and_the_platforms_crl(
     assert verified.certificate.der == case.vcek_der
     assert [c.request.url for c in rsps.calls] == [case.url, crl_url(product)]
     assert (tmp_path / case.cache_file).read_bytes() == case.vcek_der
-    assert (tmp_path / f"kds/crl/vcek/{product.value}.crl").read_bytes() == crl
-    again = verify_report(case.signed.raw, kds=client, roots=case.roots, at=AT + dt.timedelta(hours=23))
+    assert (tmp_path / f"kds/crl/vcek/{product.value}.crl").read_bytes() == crl_entry(product, "vcek", crl)
+    again = verify_report(case.signed.raw, kds=client, roots=case.roots, at=AT - dt.timedelta(hours=23))
     assert again.certificate.der == case.vcek_der and again.revocation_checked
     assert len(rsps.calls) == 2
     assert sleeps == []
@@ -1092,12 +1103,12 @@ def test_verify_report_refetches_a_stale_crl_and_refuses_a_stale_one_from_kds(
     rsps.get(case.url, body=case.vcek_der)
     rsps.get(url, body=first)
     rsps.get(url, body=second)
-    client = KdsClient(sleep=never_sleep, cache_dir=tmp_path)
+    client = KdsClient(sleep=never_sleep, cache_dir=tmp_path, max_crl_age_seconds=7 * 86400)
     verify_report(case.signed.raw, kds=client, roots=case.roots, at=AT)
     assert len(rsps.calls) == 2
     verify_report(case.signed.raw, kds=client, roots=case.roots, at=AT + dt.timedelta(days=2))
     assert [c.request.url for c in rsps.calls] == [case.url, url, url]  # stale in memory and on disk
-    assert (tmp_path / "kds/crl/vcek/Milan.crl").read_bytes() == second
+    assert (tmp_path / "kds/crl/vcek/Milan.crl").read_bytes() == crl_entry(Product.MILAN, "vcek", second)
     verify_report(case.signed.raw, kds=client, roots=case.roots, at=AT + dt.timedelta(days=7))
     assert len(rsps.calls) == 3
     with pytest.raises(KdsError, match=r"CRL from .*/vcek/v1/Milan/crl is refused: CRL: expired at "):
@@ -1111,19 +1122,19 @@ def test_verify_report_offline_misses_name_the_file(platform: SoftwarePlatform, 
     client = KdsClient(sleep=never_sleep, cache_dir=tmp_path, offline=True)
     crl_file = tmp_path / "kds/crl/vcek/Turin.crl"
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        with pytest.raises(NotAnEnclaveError, match="offline: the Turin VCEK") as info:
+        with pytest.raises(KdsError, match="offline: the Turin VCEK") as info:
             verify_report(case.signed.raw, kds=client, roots=case.roots, at=AT)
         assert str(tmp_path / case.cache_file) in str(info.value) and case.url in str(info.value)
         (tmp_path / case.cache_file).parent.mkdir(parents=True)
         (tmp_path / case.cache_file).write_bytes(case.vcek_der)
-        with pytest.raises(NotAnEnclaveError, match="offline: no current Turin VCEK CRL") as info:
+        with pytest.raises(KdsError, match="offline: no current Turin VCEK CRL") as info:
             verify_report(case.signed.raw, kds=client, roots=case.roots, at=AT)
         assert f"none cached at {crl_file}" in str(info.value) and crl_url(Product.TURIN) in str(info.value)
         crl_file.parent.mkdir(parents=True)
-        crl_file.write_bytes(platform_crl(platform, Product.TURIN))
+        crl_file.write_bytes(crl_entry(Product.TURIN, "vcek", platform_crl(platform, Product.TURIN)))
         verified = verify_report(case.signed.raw, kds=client, roots=case.roots, at=AT)
         assert verified.revocation_checked
-        with pytest.raises(NotAnEnclaveError, match=r"offline: no current Turin VCEK CRL.*expired"):
+        with pytest.raises(KdsError, match=r"offline: no current Turin VCEK CRL.*expired"):
             verify_report(case.signed.raw, kds=client, roots=case.roots, at=AT + dt.timedelta(days=1))
         assert len(mock.calls) == 0
 
@@ -1160,7 +1171,7 @@ def test_verify_report_vcek_404_fails_with_one_request(
     milan: RealCase, rsps: responses.RequestsMock, tmp_path: Path, sleeps: list[float]
 ) -> None:
     rsps.get(milan.url, status=404)
-    with pytest.raises(NotAnEnclaveError, match=re.escape(f"KDS has no VCEK at {milan.url} (HTTP 404")):
+    with pytest.raises(KdsError, match=re.escape(f"KDS has no VCEK at {milan.url} (HTTP 404")):
         verify_report(milan.report_bytes, kds=KdsClient(cache_dir=tmp_path, sleep=sleeps.append), at=AT)
     assert len(rsps.calls) == 1
     assert sleeps == []

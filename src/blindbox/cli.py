@@ -181,7 +181,12 @@ def _chain_certificates(data: bytes) -> dict[str, CertificateInput]:
 def _kds_client(offline: bool) -> KdsSource:
     from blindbox.snp.kds import KdsClient  # the only module that touches the network
 
-    return KdsClient(offline=offline)
+    return KdsClient(offline=offline, on_fetch=_say_fetching)
+
+
+def _say_fetching(what: str, url: str) -> None:
+    print(f"blindbox verify: fetching {what} from {url} (use --cert/--chain to verify offline)",
+          file=sys.stderr)
 
 
 def _subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
@@ -261,6 +266,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         verified = verify_report(parsed, certificates=certificates or None, at=args.at,
                                  kds=kds, product=product)
     except AttestationError as exc:
+        if isinstance(exc, VerificationIncompleteError) and not args.cert:
+            _add_hint(exc, "AMD KDS could not be used; pass the VCEK with --cert (and the ASK with --chain) "
+                           "to verify offline")
         if args.json:
             failed = describe(parsed) if parsed is not None else {"report": None, "verification": None}
             error = {"type": type(exc).__name__, "message": str(exc), "exit_status": exit_status(exc)}
@@ -692,6 +700,14 @@ def _error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+_HINTS = "_blindbox_cli_hints"
+
+
+def _add_hint(exc: BaseException, hint: str) -> None:
+    """Attach a line of advice that :func:`main` prints after the error line (BlindBox's own text)."""
+    setattr(exc, _HINTS, (*getattr(exc, _HINTS, ()), hint))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``blindbox`` command line and return its exit status (:data:`EXIT_STATUSES`).
 
@@ -714,4 +730,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status is None:
             raise
         print(f"{prog}: {shown(_error_line(exc), limit=None)}", file=sys.stderr, flush=True)
+        for hint in getattr(exc, _HINTS, ()):
+            print(f"{prog}: {hint}", file=sys.stderr, flush=True)
         return status

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from blindbox._http import read_bounded
+from blindbox import _http
 from blindbox._text import has_unsafe_chars, redact_url, shown
 from blindbox.attest import sequence_state, strict_json
 from blindbox.attest.measure import Measurement
@@ -351,7 +351,9 @@ def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
 
     Messages name a URL only as ``scheme://host[:port]`` (:func:`~blindbox._text.redact_url`): a
     pre-signed URL carries its token in the query, and a password may sit in the userinfo.
+    ``timeout`` is one deadline for the whole fetch, redirects included (not a per-read timeout).
     """
+    deadline = _http.Deadline(timeout)
     for _ in range(MAX_REDIRECTS + 1):
         where = redact_url(url)
         if not url.lower().startswith("https://"):
@@ -359,10 +361,8 @@ def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
                 f"{what} URL: expected https:// (fetched with WebPKI-verified TLS), found {where}"
             )
         try:
-            response = requests.get(
-                url, timeout=timeout, stream=True, allow_redirects=False, verify=True,
-                headers={"Accept": "application/json, */*"},
-            )
+            response = _http.get(url, deadline=deadline, verify=True,
+                                 headers={"Accept": "application/json, */*"})
         except (requests.RequestException, ValueError) as exc:
             # ValueError: requests parses a redirect's Location even with allow_redirects=False, and
             # urllib raises it for e.g. an unclosed IPv6 bracket (found by fuzzing).
@@ -384,7 +384,7 @@ def _fetch(url: str, limit: int, what: str, timeout: float) -> bytes:
                     f"{what}: expected HTTP 200 from {where}, found HTTP {response.status_code}"
                 )
             try:
-                body = read_bounded(response, limit, chunk_size=64 * 1024)
+                body = _http.read_bounded(response, limit, chunk_size=64 * 1024, deadline=deadline)
             except requests.RequestException as exc:
                 raise ManifestError(f"{what}: reading {where} failed ({_cause(exc, url)})") from None
             if body is None:

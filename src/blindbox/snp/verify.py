@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +28,9 @@ CERTIFICATE_NAMES = ("vcek", "vlek", "ask", "asvk", "ark")
 class KdsSource(Protocol):
     """What :func:`verify_report` needs from a KDS client (see :mod:`blindbox.snp.kds`)."""
 
-    def vcek(self, product: Product, chip_id: bytes, tcb: TcbVersion) -> AmdCertificate: ...
+    def vcek(self, product: Product, chip_id: bytes, tcb: TcbVersion, *,
+             check: Callable[[AmdCertificate], object] | None = None) -> AmdCertificate:
+        """The VCEK; ``check`` (the chain walk) must pass for a cached one, else it is fetched again."""
 
     def check_revocation(self, chain: CertificateChain, at: _dt.datetime) -> None: ...
 
@@ -129,6 +131,7 @@ def verify_report(
             f"product: expected {product.value}, found {parsed.product.value if parsed.product else '?'}"
         )
     leaf, intermediates = _collect(certificates, parsed.signing_key)
+    trust = amd_roots() if roots is None else load_roots(roots)
     if leaf is None:
         if parsed.signing_key is SigningKey.VLEK:
             raise NotAnEnclaveError(
@@ -149,7 +152,14 @@ def verify_report(
             raise NotAnEnclaveError(
                 "product: a v2 report carries no CPUID; pass product= or supply the VCEK"
             )
-        leaf = kds.vcek(fetch_product, parsed.chip_id, parsed.reported_tcb)
+        vcek_product = fetch_product
+
+        def chains_to_roots(cert: AmdCertificate) -> None:
+            # At the VCEK's own notBefore: a genuine VCEK is never evicted because of ``at``.
+            verify_chain(cert, signing_key=SigningKey.VCEK, product=vcek_product, roots=trust,
+                         intermediates=intermediates, at=cert.not_before)
+
+        leaf = kds.vcek(fetch_product, parsed.chip_id, parsed.reported_tcb, check=chains_to_roots)
 
     extensions = parse_extensions(leaf)
     cert_product = extensions.product
@@ -163,7 +173,7 @@ def verify_report(
         leaf,
         signing_key=parsed.signing_key,
         product=resolved,
-        roots=amd_roots() if roots is None else load_roots(roots),
+        roots=trust,
         intermediates=intermediates,
         at=when,
     )
