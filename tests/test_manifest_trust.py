@@ -158,10 +158,11 @@ def test_expired_manifest_is_refused(vendor: Publisher) -> None:
 
 
 def test_future_issued_manifest_is_refused_beyond_the_skew(vendor: Publisher) -> None:
-    ahead = release("2.0.0", 3, NEW, issued=NOW + MAX_CLOCK_SKEW + dt.timedelta(minutes=1))
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)  # not NOW: the suite may run for minutes
+    ahead = release("2.0.0", 3, NEW, issued=now + MAX_CLOCK_SKEW + dt.timedelta(minutes=1))
     with pytest.raises(ManifestTrustError, match=r"\$\.issued: expected a time no later .* future"):
         vendor.load(ahead)
-    slightly = release("2.0.0", 3, NEW, issued=NOW + dt.timedelta(minutes=2))
+    slightly = release("2.0.0", 3, NEW, issued=now + dt.timedelta(minutes=2))
     assert vendor.load(slightly).sequence == 3
 
 
