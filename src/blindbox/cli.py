@@ -413,6 +413,9 @@ def _add_fixture(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create.add_argument("--policy", metavar="FILE",
                         help="data-owner policy document whose exact bytes the evidence binds")
     create.add_argument("-o", "--output", required=True, metavar="DIR")
+    create.add_argument("--shared-test-keys", action="store_true",
+                        help="sign with blindbox's shared PUBLIC test keys instead of fresh random keys "
+                        "(anyone can then sign evidence that the fixture's roots accept)")
     create.set_defaults(handler=_cmd_fixture_create)
     serve = actions.add_parser("serve", help="serve a recorded fixture over TLS on 127.0.0.1")
     serve.add_argument("directory", metavar="DIR")
@@ -423,17 +426,20 @@ def _add_fixture(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _cmd_fixture_create(args: argparse.Namespace) -> int:
-    from blindbox.testing.evidence import LiveEvidence  # test kit: loaded only here
+    from blindbox.testing import LiveEvidence, SoftwarePlatform  # test kit: loaded only here
 
     try:
         policy = _read_input(args.policy, _MAX_INPUT, "policy") if args.policy else None
+        platform = SoftwarePlatform() if args.shared_test_keys else SoftwarePlatform.generate()
         source = LiveEvidence.create(args.measurement, product=Product.from_name(args.product),
-                                     policy=policy)
+                                     policy=policy, platform=platform)
         root = source.record().save(args.output)
     except (_UsageError, ConfigurationError, OSError) as exc:
         print(f"blindbox fixture create: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"wrote SIMULATED fixture to {root} (evidence signed by BlindBox test roots, NOT AMD)")
+    keys = ("blindbox's shared PUBLIC test keys: anyone can sign evidence its roots accept"
+            if args.shared_test_keys else "fresh random test keys made for this fixture")
+    print(f"wrote SIMULATED fixture to {root} (evidence signed by {keys}; NOT AMD)")
     print(f"trust it in tests with roots={root / 'roots.pem'} and nonce=False")
     return EXIT_OK
 
