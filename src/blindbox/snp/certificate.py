@@ -222,9 +222,9 @@ def parse_time(tlv: der.Tlv) -> _dt.datetime:
         raise der.DerError(f"unsupported time encoding {text!r}")
     # Fourteen ASCII digits (checked above) read field by field: datetime.strptime would cost the
     # first verification of a process tens of milliseconds (its locale tables and regexes).
-    fields = (text[0:4], text[4:6], text[6:8], text[8:10], text[10:12], text[12:14])
     try:
-        return _dt.datetime(*(int(f) for f in fields), tzinfo=_dt.timezone.utc)
+        return _dt.datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]),
+                            int(text[10:12]), int(text[12:14]), tzinfo=_dt.timezone.utc)
     except ValueError:
         raise der.DerError(f"invalid time {text!r}") from None
 
