@@ -58,12 +58,25 @@ class LiveEvidence:
             policy=raw_policy,
             measurement=parse_measurement(measurement),
         )
-        return cls(
+        source = cls(
             platform=platform or SoftwarePlatform(),
             template=template,
             identity=identity or TlsIdentity.generate(),
             policy=policy,
         )
+        source.prepare()
+        return source
+
+    def prepare(self) -> None:
+        """Load the keys and issue the VCEK or VLEK now, as an enclave has them before it serves.
+
+        Without this, the first evidence request pays for them.
+        """
+        fields = self.template
+        if fields.signing_key is SigningKey.VCEK:
+            self.platform.vcek_der(fields.product, fields.chip_id, fields.reported_tcb)
+        else:
+            self.platform.vlek_der(fields.product, fields.reported_tcb)
 
     @property
     def measurement(self) -> str:
