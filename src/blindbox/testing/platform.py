@@ -37,7 +37,6 @@ from blindbox.snp.report import REPORT_SIZE, SIGNED_LENGTH, SigningKey
 from blindbox.snp.tcb import TcbVersion
 from blindbox.testing import _x509
 from blindbox.testing._keys import CaRole, Hierarchy, shared_hierarchy
-from blindbox.testing._x509 import CA_NOT_AFTER, CA_NOT_BEFORE
 from blindbox.testing.report import ReportFields
 
 DEFAULT_CSP_ID = "CN=csp.blindbox-test.invalid"
@@ -53,7 +52,6 @@ _SIGNATURE_COMPONENT = 72
 _OID_AUTHORITY_KEY_IDENTIFIER = bytes.fromhex("0603551d23")  # 2.5.29.35
 _OID_CRL_NUMBER = bytes.fromhex("0603551d14")  # 2.5.29.20
 _UTC_TIME_YEARS = range(1950, 2050)  # RFC 5280: UTCTime for these years, GeneralizedTime otherwise
-__all__ = ["CA_NOT_AFTER", "CA_NOT_BEFORE", "CaRole", "SignedReport", "SoftwarePlatform", "pem"]
 
 
 @dataclass(frozen=True)
