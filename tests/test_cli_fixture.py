@@ -14,6 +14,7 @@ from blindbox.attest.evidence import Evidence
 from blindbox.cli import main
 from blindbox.errors import NotAnEnclaveError
 from blindbox.snp import AttestationReport, Product, verify_report
+from blindbox.testing import LiveEvidence, SoftwarePlatform
 from blindbox.testing.fixture import RecordedEvidence
 
 from .test_fixture_server import _attest
@@ -42,6 +43,32 @@ def test_fixture_create_writes_a_verifiable_recording(
         verify_report(evidence.report, certificates=dict(evidence.certificates))
     meta = json.loads((out / "fixture.json").read_text())
     assert meta["simulated"] is True and "not by AMD" in meta["note"]
+
+
+def test_each_fixture_gets_fresh_keys_unless_asked_for_the_shared_test_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = {}
+    for name, extra in (("a", []), ("b", []), ("shared", ["--shared-test-keys"])):
+        args = ["fixture", "create", "--measurement", MEASUREMENT, "-o", str(tmp_path / name), *extra]
+        assert main(args) == 0
+        runs[name] = (capsys.readouterr().out, (tmp_path / name / "roots.pem").read_text())
+    (out_a, roots_a), (_, roots_b), (out_shared, roots_shared) = runs["a"], runs["b"], runs["shared"]
+    assert "fresh random test keys" in out_a and "shared PUBLIC test keys" in out_shared
+    assert roots_a != roots_b  # fresh keys per fixture: two runs, two hierarchies
+    assert roots_a.startswith("# BlindBox TEST ROOTS - NOT AMD.")
+    assert roots_shared == SoftwarePlatform().roots_pem(Product.MILAN)
+    assert roots_shared.startswith("# BlindBox PUBLIC TEST KEYS - NOT SECRET, NOT AMD.")
+    for name in ("a", "b"):
+        recorded = RecordedEvidence.load(tmp_path / name).recorded
+        verify_report(recorded.report, certificates=dict(recorded.certificates), roots=runs[name][1])
+    # Evidence anyone can mint with the shared test keys is refused under a fresh fixture's roots.
+    source = LiveEvidence.create(MEASUREMENT)
+    minted = source.evidence(spki_der=source.identity.spki_der, nonce=None, faults=frozenset())
+    verify_report(minted.report, certificates=dict(minted.certificates), roots=roots_shared)
+    for roots in (roots_a, roots_b):
+        with pytest.raises(NotAnEnclaveError, match="caller-supplied roots"):
+            verify_report(minted.report, certificates=dict(minted.certificates), roots=roots)
 
 
 def test_fixture_create_refuses_a_bad_measurement(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

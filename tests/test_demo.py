@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_attests_sends_and_shows_both_refusals(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "SIMULATED" in out
+    assert "SIMULATED" in out and "PUBLIC test keys" in out and "roots=<PUBLIC test roots>" in out
+    assert re.search(r"verified in \d+ ms \(the first attestation in this process; "
+                     r"a further one took \d+ ms\):", out)
     assert "roots                     caller-supplied (NOT AMD)" in out
     assert "200 {'words': 11, 'characters': 63}" in out
     assert "refused: NotAnEnclaveError: " in out

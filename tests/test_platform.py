@@ -1,9 +1,10 @@
-"""The software SEV-SNP platform: exact report encoding, AMD-shaped test chains, determinism.
+"""The software SEV-SNP platform: exact report encoding, AMD-shaped test chains, test keys.
 
 The platform must (1) encode any report field exactly where the ABI puts it, so
 that every real report re-encodes to its own signed bytes; (2) issue chains that
-``verify_report`` accepts only when the caller passes the test roots; and (3) be
-a pure function of its seed.
+``verify_report`` accepts only when the caller passes the test roots; and (3)
+sign with the committed, labelled PUBLIC test keys by default or with fresh
+random keys, all from ``cryptography`` (no RSA arithmetic of its own).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 
 from blindbox.errors import NotAnEnclaveError
 from blindbox.snp import AmdCertificate, AttestationReport, Product, SigningKey, TcbVersion, verify_report
-from blindbox.snp.certificate import OID_COMMON_NAME
+from blindbox.snp.certificate import OID_COMMON_NAME, load_all
 from blindbox.snp.certtable import decode_cert_table
 from blindbox.snp.chain import CertificateChain
 from blindbox.snp.crl import RevocationList, check_revocation
@@ -35,20 +36,17 @@ from blindbox.snp.roots import amd_roots
 from blindbox.testing import (
     DEFAULT_CPUID,
     DEFAULT_CSP_ID,
-    DEFAULT_SEED,
     DEFAULT_TCB,
     ReportFields,
     SoftwarePlatform,
     _keys,
     default_chip_id,
 )
-from blindbox.testing import platform as platform_module
 
 from .conftest import VECTORS, load_index
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "blindbox"
 NOW = dt.datetime(2030, 6, 1, tzinfo=dt.timezone.utc)
-OTHER_SEED = b"another seed"
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +56,14 @@ def platform() -> SoftwarePlatform:
 
 @pytest.fixture(scope="session")
 def roots(platform: SoftwarePlatform) -> str:
-    """ARK, ASK and ASVK of all three products (derived once per process)."""
+    """ARK, ASK and ASVK of all three products (the shared PUBLIC test keys' roots)."""
     return platform.roots_pem()
+
+
+@pytest.fixture(scope="module")
+def fresh() -> SoftwarePlatform:
+    """A platform with fresh random keys (its Milan CAs are made on first use)."""
+    return SoftwarePlatform.generate()
 
 
 # --- strategies ------------------------------------------------------------------------------------
@@ -412,7 +416,8 @@ def test_ca_certificates_have_amds_shape_and_say_they_are_not_amds(product: Prod
                              ("asvk", f"SEV-VLEK-{product.value}", f"ARK-{product.value}")):
         der = platform.ca_der(product, role)  # type: ignore[arg-type]
         cert = AmdCertificate.from_der(der)  # also checks RSASSA-PSS SHA-384 / MGF1-SHA-384 / salt 48
-        assert names_of(cert) == {"O": "BlindBox TEST root - NOT AMD", "OU": "simulated SEV-SNP", "CN": cn}
+        assert names_of(cert) == {"O": "BlindBox TEST root - NOT AMD",
+                                  "OU": "simulated SEV-SNP, PUBLIC test key", "CN": cn}
         assert cert.issuer_common_name == issuer
         assert cert.is_ca()
         assert (cert.not_before.year, cert.not_after.year) == (2020, 2050)
@@ -539,22 +544,28 @@ def test_crl_revokes_the_intermediate_of_a_test_chain(
     check_revocation(crl(0), amd_style, NOW)
 
 
-def test_crl_is_a_function_of_the_seed_and_the_inputs(platform: SoftwarePlatform) -> None:
-    def crl(p: SoftwarePlatform, revoked: tuple[int, ...] = (3, 1), **times: dt.datetime) -> bytes:
+def test_crl_lists_its_inputs_and_verifies_only_under_its_own_ark(
+    platform: SoftwarePlatform, fresh: SoftwarePlatform
+) -> None:
+    def crl(p: SoftwarePlatform, revoked: tuple[int, ...] = (3, 1), **times: dt.datetime) -> RevocationList:
         window = {"this_update": CRL_FROM, "next_update": CRL_UNTIL} | times
-        return p.crl(Product.MILAN, "vcek", revoked=revoked, **window)
+        return RevocationList.from_der(p.crl(Product.MILAN, "vcek", revoked=revoked, **window))
 
     first = crl(platform)
-    assert crl(SoftwarePlatform()) == first
-    assert crl(platform, (1, 3, 3)) == first  # a set of serials: order and repeats do not matter
-    assert crl(platform, this_update=CRL_FROM + dt.timedelta(microseconds=999)) == first  # to the second
-    assert crl(platform, (1,)) != first
-    assert crl(platform, next_update=CRL_UNTIL + dt.timedelta(seconds=1)) != first
-    assert platform.crl(Product.MILAN, "vlek", revoked=(3, 1), this_update=CRL_FROM,
-                        next_update=CRL_UNTIL) == first  # one issuer for both lists, as at AMD
-    other = RevocationList.from_der(crl(SoftwarePlatform(OTHER_SEED)))
-    with pytest.raises(NotAnEnclaveError, match="signature does not verify"):
-        other.verify_signed_by(AmdCertificate.from_der(platform.ca_der(Product.MILAN, "ark")))
+    assert first.revoked_serials == {1, 3} and (first.this_update, first.next_update) == (CRL_FROM, CRL_UNTIL)
+    # The signed bytes depend on the inputs alone (the RSASSA-PSS salt is random, so signatures differ).
+    assert crl(platform, (1, 3, 3)).tbs == first.tbs  # a set of serials: order and repeats do not matter
+    assert crl(platform, this_update=CRL_FROM + dt.timedelta(microseconds=999)).tbs == first.tbs
+    assert crl(platform, (1,)).tbs != first.tbs
+    assert crl(platform, next_update=CRL_UNTIL + dt.timedelta(seconds=1)).tbs != first.tbs
+    vlek_list = RevocationList.from_der(platform.crl(Product.MILAN, "vlek", revoked=(3, 1),
+                                                     this_update=CRL_FROM, next_update=CRL_UNTIL))
+    assert vlek_list.tbs == first.tbs  # one issuer for both lists, as at AMD
+    ark = AmdCertificate.from_der(platform.ca_der(Product.MILAN, "ark"))
+    first.verify_signed_by(ark)
+    other = crl(fresh)
+    with pytest.raises(NotAnEnclaveError, match=r"PUBLIC test key.*found .*fresh test key"):
+        other.verify_signed_by(ark)
 
 
 def test_crl_times_from_2050_are_generalized_time(platform: SoftwarePlatform) -> None:
@@ -580,93 +591,79 @@ def test_crl_refuses_bad_input(kwargs: dict[str, Any], message: str, platform: S
         platform.crl(Product.MILAN, **args)
 
 
-# --- determinism ----------------------------------------------------------------------------------
+# --- test keys -----------------------------------------------------------------------------------
 
 
-def test_rsa_and_ec_keys_are_functions_of_the_seed() -> None:
-    derive_rsa, derive_ec = _keys.rsa_key.__wrapped__, _keys.ec_key.__wrapped__  # bypass the caches
-    a = derive_rsa(b"seed", "label", 1024).private_numbers()
-    assert a == derive_rsa(b"seed", "label", 1024).private_numbers()
-    assert a.public_numbers.n.bit_length() == 1024
-    assert a.public_numbers.n != derive_rsa(b"other", "label", 1024).private_numbers().public_numbers.n
-    assert a.public_numbers.n != derive_rsa(b"seed", "other", 1024).private_numbers().public_numbers.n
-    e = derive_ec(b"seed", "label").private_numbers().private_value
-    assert e == derive_ec(b"seed", "label").private_numbers().private_value
-    assert e != derive_ec(b"other", "label").private_numbers().private_value
+@pytest.mark.parametrize("product", list(Product))
+def test_shared_test_keys_are_the_committed_public_files(product: Product,
+                                                         platform: SoftwarePlatform) -> None:
+    """The default hierarchy is the committed files, which say that their keys are public."""
+    path = SRC / "testing" / "data" / f"public-test-keys-{product.value.lower()}.pem"
+    text = path.read_text()
+    assert text.startswith("BlindBox PUBLIC TEST KEYS - NOT SECRET, NOT AMD.")
+    assert platform.shared_test_keys and platform.hierarchy is _keys.shared_hierarchy()
+    assert _keys.export_pem(platform.hierarchy, product) == text  # nothing else is loaded
+    roots = platform.roots_pem(product)
+    assert roots.startswith("# BlindBox PUBLIC TEST KEYS - NOT SECRET, NOT AMD.")
+    assert [c.der for c in load_all(roots)] == [platform.ca_der(product, r) for r in ("ark", "ask", "asvk")]
 
 
-def test_default_seed_keys_are_the_prime_searches_results(platform: SoftwarePlatform, roots: str) -> None:
-    # Every memo entry is in use (not stale): each default key's primes sit where the memo says.
-    for product in Product:
-        for role in ("ark", "ask", "asvk"):
-            numbers = _keys.rsa_key(DEFAULT_SEED, f"{role}/{product.value}").private_numbers()
-            for which in "pq":
-                label = f"rsa/{role}/{product.value}/4096/{which}"
-                start = int.from_bytes(_keys.derive(DEFAULT_SEED, label, 256), "big") | 3 << 2046 | 1
-                assert start + 2 * _keys._SEARCH_MEMO[label] in (numbers.p, numbers.q)
-    # And the memo holds the search's results: re-run the search (the shortest ones, for time).
-    searched = _keys.rsa_key.__wrapped__(DEFAULT_SEED, "ask/Milan", memo=False)
-    assert searched.private_numbers() == _keys.rsa_key(DEFAULT_SEED, "ask/Milan").private_numbers()
-    ask = AmdCertificate.from_der(platform.ca_der(Product.MILAN, "ask")).public_key()
-    assert isinstance(ask, rsa.RSAPublicKey)
-    assert ask.public_numbers() == searched.public_key().public_numbers()
-
-
-def test_a_stale_memo_entry_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
-    label = "rsa/memo-test/1024/p"
-    start = int.from_bytes(_keys.derive(DEFAULT_SEED, label, 64), "big") | 3 << 510 | 1
-    steps = next(k for k in range(3) if (start + 2 * k) % 3 == 0)  # points at a multiple of 3
-    monkeypatch.setitem(_keys._SEARCH_MEMO, label, steps)
-    with_memo = _keys.rsa_key.__wrapped__(DEFAULT_SEED, "memo-test", 1024)
-    without = _keys.rsa_key.__wrapped__(DEFAULT_SEED, "memo-test", 1024, memo=False)
-    assert with_memo.private_numbers() == without.private_numbers()
-    assert start + 2 * steps not in (without.private_numbers().p, without.private_numbers().q)
-
-
-def test_certificates_re_derive_byte_identically(platform: SoftwarePlatform) -> None:
-    for product in Product:
-        for role in ("ark", "ask", "asvk"):
-            assert platform_module._ca_der.__wrapped__(platform.seed, product, role) == platform.ca_der(
-                product, role)  # type: ignore[arg-type]
-    fields = ReportFields(product=Product.TURIN)
-    vcek = platform.vcek_der(Product.TURIN, fields.chip_id, fields.reported_tcb)
-    again = platform_module._leaf_der.__wrapped__(
-        platform.seed, Product.TURIN, SigningKey.VCEK, fields.reported_tcb, fields.hwid,
-        platform_module.LEAF_NOT_BEFORE, platform_module.LEAF_NOT_AFTER)
-    assert again == vcek
-
-
-def test_derivation_is_the_same_in_another_process() -> None:
-    code = (
-        "import hashlib; from blindbox.testing import _keys\n"
-        "k = _keys.rsa_key(b'cross-process', 'x', 1024)\n"
-        "e = _keys.ec_key(b'cross-process', 'y')\n"
-        "print(k.private_numbers().p, e.private_numbers().private_value,"
-        " _keys.pss_sign_sha384(k, b'message', b'cross-process').hex())\n"
-    )
+def test_shared_roots_are_the_same_in_another_process(roots: str) -> None:
+    code = ("import hashlib; from blindbox.testing import SoftwarePlatform; "
+            "print(hashlib.sha256(SoftwarePlatform().roots_pem().encode()).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=120)
-    key = _keys.rsa_key(b"cross-process", "x", 1024)
-    scalar = _keys.ec_key(b"cross-process", "y").private_numbers().private_value
-    signature = _keys.pss_sign_sha384(key, b"message", b"cross-process").hex()
-    here = f"{key.private_numbers().p} {scalar} {signature}"
-    assert out.stdout.strip() == here
+    assert out.stdout.strip() == hashlib.sha256(roots.encode()).hexdigest()
 
 
-def test_another_seed_gives_other_roots_that_refuse_this_platforms_reports(
-    platform: SoftwarePlatform,
+def test_committed_keys_that_do_not_match_their_certificates_are_refused(tmp_path: Path) -> None:
+    blocks = [m.group(0) for m in _keys._BLOCK.finditer(
+        (SRC / "testing" / "data" / "public-test-keys-milan.pem").read_bytes())]
+    swapped = b"".join([blocks[2], blocks[1], *blocks[2:]])  # the ASK key above the ARK certificate
+    with pytest.raises(ValueError, match="expected the ARK key and its certificate"):
+        _keys._parse_shared("public-test-keys-milan.pem", swapped, Product.MILAN)
+    with pytest.raises(ValueError, match="found 5 PEM blocks"):
+        _keys._parse_shared("public-test-keys-milan.pem", b"".join(blocks[:5]), Product.MILAN)
+
+
+def test_fresh_platforms_have_their_own_keys_and_refuse_each_others_reports(
+    platform: SoftwarePlatform, fresh: SoftwarePlatform
 ) -> None:
-    other = SoftwarePlatform(OTHER_SEED)
-    other_ark = other.ca_der(Product.MILAN, "ark")
-    assert other_ark != platform.ca_der(Product.MILAN, "ark")
-    assert AmdCertificate.from_der(other_ark).spki != AmdCertificate.from_der(
-        platform.ca_der(Product.MILAN, "ark")).spki
+    assert not fresh.shared_test_keys
+    assert fresh.roots_pem(Product.MILAN).startswith("# BlindBox TEST ROOTS - NOT AMD.")
+    fresh_ark = AmdCertificate.from_der(fresh.ca_der(Product.MILAN, "ark"))
+    assert fresh_ark.spki != AmdCertificate.from_der(platform.ca_der(Product.MILAN, "ark")).spki
+    assert names_of(fresh_ark)["OU"] == "simulated SEV-SNP, fresh test key"
     fields = ReportFields()
-    assert other.vcek_key(Product.MILAN, fields.chip_id, fields.reported_tcb).private_numbers() != \
+    assert fresh.vcek_key(Product.MILAN, fields.chip_id, fields.reported_tcb).private_numbers() != \
         platform.vcek_key(Product.MILAN, fields.chip_id, fields.reported_tcb).private_numbers()
-    signed = platform.sign(fields)
-    with pytest.raises(NotAnEnclaveError, match="caller-supplied roots"):
-        verify_report(signed.raw, certificates=signed.certificates, roots=other_ark, at=NOW)
+    mine, theirs = platform.sign(fields), fresh.sign(fields)
+    verify_report(theirs.raw, certificates=theirs.certificates, roots=fresh.roots_pem(Product.MILAN), at=NOW)
+    for signed, roots in ((mine, fresh.roots_pem(Product.MILAN)), (theirs, platform.roots_pem())):
+        with pytest.raises(NotAnEnclaveError, match="caller-supplied roots"):
+            verify_report(signed.raw, certificates=signed.certificates, roots=roots, at=NOW)
+
+
+def test_leaf_keys_and_certificates_are_made_once_per_hierarchy(platform: SoftwarePlatform) -> None:
+    fields = ReportFields(product=Product.TURIN)
+    vcek = platform.vcek_der(Product.TURIN, fields.chip_id, fields.reported_tcb)
+    assert SoftwarePlatform().vcek_der(Product.TURIN, fields.chip_id, fields.reported_tcb) == vcek
+    key = platform.vcek_key(Product.TURIN, fields.chip_id, fields.reported_tcb)
+    assert AmdCertificate.from_der(vcek).public_key().public_numbers() == key.public_key().public_numbers()
+    other_tcb = TcbVersion.from_components(fmc=1, bootloader=2, tee=3, snp=4, microcode=5)
+    assert platform.vcek_der(Product.TURIN, fields.chip_id, other_tcb) != vcek
+
+
+def test_the_package_does_no_rsa_arithmetic() -> None:
+    """Keys and signatures come from cryptography: no modular exponentiation or inverse anywhere."""
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "pow"
+                    and len(node.args) == 3):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert offenders == []
+    assert {name for name in vars(_keys) if "prime" in name.lower() or "pss" in name.lower()} == set()
 
 
 # --- isolation ------------------------------------------------------------------------------------

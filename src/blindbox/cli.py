@@ -598,6 +598,9 @@ def _add_fixture(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         "refused unless --force")
     create.add_argument("--force", action="store_true",
                         help="write into an existing non-empty directory, replacing the fixture's files")
+    create.add_argument("--shared-test-keys", action="store_true",
+                        help="sign with blindbox's shared PUBLIC test keys instead of fresh random keys "
+                        "(anyone can then sign evidence that the fixture's roots accept)")
     create.set_defaults(handler=_cmd_fixture_create)
     serve = _subcommand(actions, "serve", help="serve a recorded fixture over TLS on 127.0.0.1")
     serve.add_argument("directory", metavar="DIR")
@@ -619,14 +622,18 @@ def _check_output(path: Path, force: bool) -> None:
 
 
 def _cmd_fixture_create(args: argparse.Namespace) -> int:
-    from blindbox.testing.evidence import LiveEvidence  # test kit: loaded only here
+    from blindbox.testing import LiveEvidence, SoftwarePlatform  # test kit: loaded only here
 
     output = Path(args.output)
     _check_output(output, args.force)
     policy = _read_input(args.policy, _MAX_INPUT, "policy") if args.policy else None
-    source = LiveEvidence.create(args.measurement, product=Product.from_name(args.product), policy=policy)
+    platform = SoftwarePlatform() if args.shared_test_keys else SoftwarePlatform.generate()
+    source = LiveEvidence.create(args.measurement, product=Product.from_name(args.product),
+                                 policy=policy, platform=platform)
     root = source.record().save(output)
-    _say(f"wrote SIMULATED fixture to {root} (evidence signed by BlindBox test roots, NOT AMD)",
+    keys = ("blindbox's shared PUBLIC test keys: anyone can sign evidence its roots accept"
+            if args.shared_test_keys else "fresh random test keys made for this fixture")
+    _say(f"wrote SIMULATED fixture to {root} (evidence signed by {keys}; NOT AMD)",
          f"trust it in tests with roots={root / 'roots.pem'} and nonce=False "
          "(blindbox attest --roots ... --no-nonce)")
     return EXIT_OK

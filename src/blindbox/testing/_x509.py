@@ -2,8 +2,9 @@
 
 Subjects say plainly that they are test certificates and not AMD's; only the
 common names follow AMD's so that the chain walk accepts them. Certificates are
-built by ``cryptography``'s CertificateBuilder and then re-signed with a
-deterministic RSASSA-PSS salt, so that a seed always gives the same bytes.
+built and signed (RSASSA-PSS SHA-384, MGF1-SHA-384, salt 48, as AMD signs) by
+``cryptography``'s CertificateBuilder, with random serial numbers; only the
+values of AMD's VCEK/VLEK extensions are encoded here, as AMD encodes them.
 """
 
 from __future__ import annotations
@@ -34,18 +35,21 @@ from blindbox.snp.extensions import (
 )
 from blindbox.snp.product import Product
 from blindbox.snp.tcb import TcbVersion
-from blindbox.testing._keys import derive, pss_sign_sha384
 
 ORGANIZATION = "BlindBox TEST root - NOT AMD"
-ORGANIZATIONAL_UNIT = "simulated SEV-SNP"
-_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+#: Organizational units: the shared hierarchy's keys are public (they ship with blindbox).
+UNIT_SHARED = "simulated SEV-SNP, PUBLIC test key"
+UNIT_FRESH = "simulated SEV-SNP, fresh test key"
+CA_NOT_BEFORE = _dt.datetime(2020, 1, 1, tzinfo=_dt.timezone.utc)
+CA_NOT_AFTER = _dt.datetime(2050, 1, 1, tzinfo=_dt.timezone.utc)
+PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
 
-def name(common_name: str) -> x509.Name:
+def name(common_name: str, unit: str) -> x509.Name:
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ORGANIZATIONAL_UNIT),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
@@ -71,40 +75,29 @@ def _tlv(tag: int, content: bytes) -> bytes:
     return bytes([tag]) + length + content
 
 
-def _serial(seed: bytes, label: str) -> int:
-    # Positive, at most 64 bits, never zero.
-    return int.from_bytes(derive(seed, "serial/" + label, 8), "big") >> 1 | 1
-
-
-def _finish(builder: x509.CertificateBuilder, issuer_key: rsa.RSAPrivateKey, seed: bytes) -> bytes:
-    """Sign with ``cryptography`` for the TBS bytes, then re-sign them deterministically."""
-    draft = builder.sign(issuer_key, hashes.SHA384(), rsa_padding=_PSS)
-    outer = der.read_single(draft.public_bytes(serialization.Encoding.DER), der.SEQUENCE).children()
-    tbs, algorithm = outer[0].encoded, outer[1].encoded
-    signature = pss_sign_sha384(issuer_key, tbs, seed)
-    return _tlv(der.SEQUENCE, tbs + algorithm + _tlv(der.BIT_STRING, b"\x00" + signature))
+def _finish(builder: x509.CertificateBuilder, issuer_key: rsa.RSAPrivateKey) -> bytes:
+    """The DER of ``builder`` signed by ``cryptography`` with RSASSA-PSS SHA-384 (salt 48)."""
+    signed = builder.sign(issuer_key, hashes.SHA384(), rsa_padding=PSS)
+    return signed.public_bytes(serialization.Encoding.DER)
 
 
 def ca_certificate(
     *,
-    seed: bytes,
-    common_name: str,
+    subject: x509.Name,
     key: rsa.RSAPrivateKey,
-    issuer_name: str,
+    issuer: x509.Name,
     issuer_key: rsa.RSAPrivateKey,
-    not_before: _dt.datetime,
-    not_after: _dt.datetime,
     path_length: int | None,
 ) -> bytes:
-    """An ARK (self-signed, issuer == subject) or an ASK/ASVK."""
+    """An ARK (self-signed: ``issuer_key is key``) or an ASK/ASVK, valid 2020 to 2050."""
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name(common_name))
-        .issuer_name(name(issuer_name))
+        .subject_name(subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
-        .serial_number(_serial(seed, common_name))
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(CA_NOT_BEFORE)
+        .not_valid_after(CA_NOT_AFTER)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False,
@@ -127,15 +120,14 @@ def ca_certificate(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
             critical=False,
         )
-    return _finish(builder, issuer_key, seed)
+    return _finish(builder, issuer_key)
 
 
 def signing_key_certificate(
     *,
-    seed: bytes,
     common_name: str,
     key: ec.EllipticCurvePrivateKey,
-    issuer_name: str,
+    issuer: x509.Name,
     issuer_key: rsa.RSAPrivateKey,
     product: Product,
     product_name: str,
@@ -166,13 +158,17 @@ def signing_key_certificate(
         values.append((OID_HWID, bytes(hwid)))  # raw bytes, no DER tag, as AMD encodes it
     if csp_id is not None:
         values.append((OID_CSP_ID, der_ia5(csp_id)))
-    serial_label = f"{common_name}/{product.value}/{tcb.raw.hex()}/{(hwid or b'').hex()}/{csp_id}"
+    unit = issuer.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value
+    # The serial names what is certified (as a KDS serves one VCEK per chip and TCB), so that
+    # messages quoting it stay the same from run to run; positive, 63 bits, never zero.
+    certified = f"{common_name}/{product.value}/{tcb.raw.hex()}/{(hwid or b'').hex()}/{csp_id}"
+    serial = int.from_bytes(hashlib.sha256(certified.encode()).digest()[:8], "big") >> 1 | 1
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name(common_name))
-        .issuer_name(name(issuer_name))
+        .subject_name(name(common_name, str(unit)))
+        .issuer_name(issuer)
         .public_key(key.public_key())
-        .serial_number(_serial(seed, hashlib.sha256(serial_label.encode()).hexdigest()))
+        .serial_number(serial)
         .not_valid_before(not_before)
         .not_valid_after(not_after)
     )
@@ -180,4 +176,4 @@ def signing_key_certificate(
         builder = builder.add_extension(
             x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False
         )
-    return _finish(builder, issuer_key, seed)
+    return _finish(builder, issuer_key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass, field, replace
 
@@ -13,9 +12,8 @@ from blindbox.server.tls import TlsIdentity
 from blindbox.snp.guest_policy import GuestPolicy
 from blindbox.snp.product import Product
 from blindbox.snp.report import SigningKey
-from blindbox.testing._keys import DEFAULT_SEED
 from blindbox.testing.fixture import RecordedEvidence
-from blindbox.testing.platform import SoftwarePlatform
+from blindbox.testing.platform import SoftwarePlatform, pem
 from blindbox.testing.report import DEFAULT_POLICY, ReportFields
 from blindbox.testing.server import Fault
 
@@ -24,18 +22,14 @@ DEMO_MEASUREMENT = hashlib.sha384(b"BlindBox simulated enclave image v1").hexdig
 _DEBUG_BIT = 1 << 19
 
 
-def pem(der: bytes) -> str:
-    body = base64.encodebytes(der).decode("ascii").replace("\n", "")
-    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
-    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
-
-
 @dataclass(frozen=True)
 class LiveEvidence:
     """Signs a fresh report for each evidence request, binding the key and nonce asked for.
 
     ``template`` fixes every report field except report_data; faults alter it
     (debug policy, other measurement) the way a dishonest host would.
+    :meth:`create` signs with the shared PUBLIC test keys unless given a
+    ``platform`` (e.g. ``SoftwarePlatform.generate()``).
     """
 
     platform: SoftwarePlatform
@@ -53,7 +47,7 @@ class LiveEvidence:
         signing_key: SigningKey = SigningKey.VCEK,
         guest_policy: int | GuestPolicy = DEFAULT_POLICY,
         policy: bytes | None = None,
-        seed: bytes = DEFAULT_SEED,
+        platform: SoftwarePlatform | None = None,
         identity: TlsIdentity | None = None,
     ) -> LiveEvidence:
         raw_policy = guest_policy.raw if isinstance(guest_policy, GuestPolicy) else guest_policy
@@ -64,12 +58,25 @@ class LiveEvidence:
             policy=raw_policy,
             measurement=parse_measurement(measurement),
         )
-        return cls(
-            platform=SoftwarePlatform(seed),
+        source = cls(
+            platform=platform or SoftwarePlatform(),
             template=template,
             identity=identity or TlsIdentity.generate(),
             policy=policy,
         )
+        source.prepare()
+        return source
+
+    def prepare(self) -> None:
+        """Load the keys and issue the VCEK or VLEK now, as an enclave has them before it serves.
+
+        Without this, the first evidence request pays for them.
+        """
+        fields = self.template
+        if fields.signing_key is SigningKey.VCEK:
+            self.platform.vcek_der(fields.product, fields.chip_id, fields.reported_tcb)
+        else:
+            self.platform.vlek_der(fields.product, fields.reported_tcb)
 
     @property
     def measurement(self) -> str:

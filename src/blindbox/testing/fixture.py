@@ -6,9 +6,12 @@ Layout (format ``blindbox-fixture-v1``)::
     evidence.json   the protocol v1 evidence document exactly as served
     tls-cert.pem    the TLS certificate the evidence binds (no nonce: recorded)
     tls-key.pem     its private key (a TEST key: fixtures are not secrets)
-    roots.pem       the test roots that signed the evidence — NOT AMD's
+    roots.pem       the test roots that signed the evidence — NOT AMD's; its header says
+                    whether they are fresh keys or the shared PUBLIC test keys
 
-A recorded fixture binds no nonce, so clients must use ``nonce=False``.
+A recorded fixture binds no nonce, so clients must use ``nonce=False``. It is
+reproducible because it is committed: ``blindbox fixture create`` makes fresh
+random test keys for each fixture unless asked for the shared test keys.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""A software SEV-SNP platform: test roots, VCEKs, VLEKs and signed reports, from a seed.
+"""A software SEV-SNP platform: test roots, VCEKs, VLEKs and signed reports.
 
 It mirrors AMD's hierarchy for Milan, Genoa and Turin: an RSA-4096 ARK
 (self-signed, RSASSA-PSS SHA-384) signs an ASK and an ASVK, which sign P-384
-VCEKs and VLEKs carrying AMD's extensions; the ARK also signs the CRLs. Every
-key, certificate and CRL is a pure function of the seed and the inputs, so a
-seed always gives byte-identical certificates and CRLs.
+VCEKs and VLEKs carrying AMD's extensions; the ARK also signs the CRLs. Keys
+and signatures come from ``cryptography``: ``SoftwarePlatform()`` uses the
+shared PUBLIC test keys committed with blindbox (whose roots are therefore the
+same in every process, and accept evidence anyone can sign), and
+:meth:`SoftwarePlatform.generate` fresh random keys.
 
 Nothing it issues is trusted by default: :func:`blindbox.snp.verify_report`
 accepts these reports only when the caller passes ``roots=platform.roots_pem()``,
@@ -18,7 +20,7 @@ import base64
 import datetime as _dt
 import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
@@ -33,22 +35,18 @@ from blindbox.snp.certtable import encode_cert_table
 from blindbox.snp.product import Product
 from blindbox.snp.report import REPORT_SIZE, SIGNED_LENGTH, SigningKey
 from blindbox.snp.tcb import TcbVersion
-from blindbox.testing import _keys, _x509
-from blindbox.testing._keys import DEFAULT_SEED
+from blindbox.testing import _x509
+from blindbox.testing._keys import CaRole, Hierarchy, shared_hierarchy
 from blindbox.testing.report import ReportFields
 
 DEFAULT_CSP_ID = "CN=csp.blindbox-test.invalid"
-CA_NOT_BEFORE = _dt.datetime(2020, 1, 1, tzinfo=_dt.timezone.utc)
-CA_NOT_AFTER = _dt.datetime(2050, 1, 1, tzinfo=_dt.timezone.utc)
 LEAF_NOT_BEFORE = _dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc)
 LEAF_NOT_AFTER = _dt.datetime(2049, 12, 31, tzinfo=_dt.timezone.utc)
 #: productName as AMD writes it in VCEKs and in VLEKs.
 VCEK_PRODUCT_NAME = {Product.MILAN: "Milan-B0", Product.GENOA: "Genoa", Product.TURIN: "Turin"}
 VLEK_PRODUCT_NAME = {Product.MILAN: "Milan", Product.GENOA: "Genoa", Product.TURIN: "Turin"}
 
-CaRole = Literal["ark", "ask", "asvk"]
 CrlFamily = Literal["vcek", "vlek"]
-_CA_NAMES: dict[str, str] = {"ark": "ARK-{}", "ask": "SEV-{}", "asvk": "SEV-VLEK-{}"}
 _SIGNATURE_COMPONENT = 72
 # Extension OIDs (DER) of the non-critical CRL extensions AMD's CRLs carry.
 _OID_AUTHORITY_KEY_IDENTIFIER = bytes.fromhex("0603551d23")  # 2.5.29.35
@@ -73,54 +71,12 @@ class SignedReport:
         return encode_cert_table(self.certificates, mixed_endian=mixed_endian)
 
 
-def _pem(der: bytes) -> str:
+@functools.lru_cache(maxsize=256)
+def pem(der: bytes) -> str:
+    """A DER certificate as PEM (memoised: the same certificates are served again and again)."""
     body = base64.b64encode(der).decode("ascii")
     lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
     return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
-
-
-@functools.lru_cache(maxsize=64)
-def _ca_der(seed: bytes, product: Product, role: str) -> bytes:
-    ark_key = _keys.rsa_key(seed, f"ark/{product.value}")
-    key = ark_key if role == "ark" else _keys.rsa_key(seed, f"{role}/{product.value}")
-    return _x509.ca_certificate(
-        seed=seed,
-        common_name=_CA_NAMES[role].format(product.value),
-        key=key,
-        issuer_name=_CA_NAMES["ark"].format(product.value),
-        issuer_key=ark_key,
-        not_before=CA_NOT_BEFORE,
-        not_after=CA_NOT_AFTER,
-        path_length=None if role == "ark" else 0,
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _leaf_der(
-    seed: bytes,
-    product: Product,
-    signing_key: SigningKey,
-    tcb: TcbVersion,
-    ident: bytes | str,
-    not_before: _dt.datetime,
-    not_after: _dt.datetime,
-) -> bytes:
-    vcek = signing_key is SigningKey.VCEK
-    role = "ask" if vcek else "asvk"
-    return _x509.signing_key_certificate(
-        seed=seed,
-        common_name="SEV-VCEK" if vcek else "SEV-VLEK",
-        key=_leaf_key(seed, product, signing_key, tcb, ident),
-        issuer_name=_CA_NAMES[role].format(product.value),
-        issuer_key=_keys.rsa_key(seed, f"{role}/{product.value}"),
-        product=product,
-        product_name=(VCEK_PRODUCT_NAME if vcek else VLEK_PRODUCT_NAME)[product],
-        tcb=tcb,
-        hwid=ident if isinstance(ident, bytes) else None,
-        csp_id=ident if isinstance(ident, str) else None,
-        not_before=not_before,
-        not_after=not_after,
-    )
 
 
 def _seq(*parts: bytes) -> bytes:
@@ -134,7 +90,7 @@ def _der_time(when: _dt.datetime) -> bytes:
 
 
 def _crl_der(
-    seed: bytes,
+    hierarchy: Hierarchy,
     product: Product,
     revoked: tuple[int, ...],
     this_update: _dt.datetime,
@@ -146,11 +102,12 @@ def _crl_der(
     SHA-384 / MGF1-SHA-384 / salt 48), issuer = the ARK's subject bytes,
     thisUpdate, nextUpdate, the revoked entries (revocationDate = thisUpdate)
     and, as in AMD's CRLs, a non-critical AuthorityKeyIdentifier and CRLNumber
-    (the thisUpdate second, so that later CRLs have larger numbers).
+    (the thisUpdate second, so that later CRLs have larger numbers). The
+    signature is ``cryptography``'s RSASSA-PSS over those bytes.
     """
-    ark_key = _keys.rsa_key(seed, f"ark/{product.value}")
-    ark = AmdCertificate.from_der(_ca_der(seed, product, "ark"))
-    key_id = x509.SubjectKeyIdentifier.from_public_key(ark_key.public_key()).digest
+    authority = hierarchy.authority(product, "ark")
+    ark = AmdCertificate.from_der(authority.der)
+    key_id = x509.SubjectKeyIdentifier.from_public_key(authority.key.public_key()).digest
     extensions = _seq(
         _seq(_OID_AUTHORITY_KEY_IDENTIFIER, _x509._tlv(der.OCTET_STRING, _seq(_x509._tlv(0x80, key_id)))),
         _seq(_OID_CRL_NUMBER, _x509._tlv(der.OCTET_STRING, _x509.der_integer(int(this_update.timestamp())))),
@@ -166,15 +123,8 @@ def _crl_der(
         fields.append(_seq(*(_seq(_x509.der_integer(serial), _der_time(this_update)) for serial in revoked)))
     fields.append(_x509._tlv(0xA0, extensions))  # [0] EXPLICIT crlExtensions
     tbs = _seq(*fields)
-    signature = _keys.pss_sign_sha384(ark_key, tbs, seed)
+    signature = authority.key.sign(tbs, _x509.PSS, hashes.SHA384())
     return _seq(tbs, ark.signature_algorithm, _x509._tlv(der.BIT_STRING, b"\x00" + signature))
-
-
-def _leaf_key(
-    seed: bytes, product: Product, signing_key: SigningKey, tcb: TcbVersion, ident: bytes | str
-) -> ec.EllipticCurvePrivateKey:
-    who = ident.hex() if isinstance(ident, bytes) else "csp:" + ident
-    return _keys.ec_key(seed, f"{signing_key.name}/{product.value}/{who}/{tcb.raw.hex()}")
 
 
 def _check_tcb(product: Product, tcb: TcbVersion) -> None:
@@ -185,29 +135,40 @@ def _check_tcb(product: Product, tcb: TcbVersion) -> None:
 
 @dataclass(frozen=True)
 class SoftwarePlatform:
-    """A simulated AMD key hierarchy for Milan, Genoa and Turin, derived from ``seed``.
+    """A simulated AMD key hierarchy for Milan, Genoa and Turin.
 
-    Keys are made on first use and cached for the process. A new RSA-4096
-    key takes a few seconds in pure Python; the default seed's nine are
-    memoised (see ``_keys``) and take about two seconds in all.
+    ``SoftwarePlatform()`` signs with the shared PUBLIC test keys that ship
+    with blindbox: its roots are the same in every process, and anyone can
+    sign evidence they accept, so they belong in loopback tests only.
+    :meth:`generate` makes a platform with fresh random keys. Keys and
+    certificates are made on first use and kept by the platform's hierarchy.
     """
 
-    seed: bytes = DEFAULT_SEED
+    hierarchy: Hierarchy = field(default_factory=shared_hierarchy, repr=False)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.seed, bytes) or not self.seed:
-            raise ValueError("seed: expected non-empty bytes")
+    @classmethod
+    def generate(cls) -> SoftwarePlatform:
+        """A platform with fresh random keys (RSA-4096 CAs made per product on first use)."""
+        return cls(Hierarchy.generate())
+
+    @property
+    def shared_test_keys(self) -> bool:
+        """True when this platform signs with the shared PUBLIC test keys."""
+        return self.hierarchy.shared
 
     def ca_der(self, product: Product, role: CaRole) -> bytes:
         """The DER of this platform's ARK, ASK or ASVK for ``product``."""
-        if role not in _CA_NAMES:
-            raise ValueError(f"role: expected ark, ask or asvk, got {role!r}")
-        return _ca_der(self.seed, product, role)
+        return self.hierarchy.authority(product, role).der
 
     def roots_pem(self, *products: Product) -> str:
-        """ARK, ASK and ASVK PEM of ``products`` (default: all), for ``verify_report(roots=...)``."""
-        return "".join(
-            _pem(self.ca_der(product, role))
+        """ARK, ASK and ASVK PEM of ``products`` (default: all), for ``verify_report(roots=...)``.
+
+        The text starts with a notice saying what these roots are (for the
+        shared keys: PUBLIC test keys); PEM readers skip it.
+        """
+        notice = "".join(f"# {line}\n" for line in self.hierarchy.notice.splitlines())
+        return notice + "".join(
+            pem(self.ca_der(product, role))
             for product in (products or tuple(Product))
             for role in ("ark", "ask", "asvk")
         )
@@ -215,14 +176,42 @@ class SoftwarePlatform:
     def vcek_key(self, product: Product, chip_id: bytes, tcb: TcbVersion) -> ec.EllipticCurvePrivateKey:
         """The VCEK private key of a chip at a TCB (hwID: CHIP_ID, first 8 bytes on Turin)."""
         _check_tcb(product, tcb)
-        return _leaf_key(self.seed, product, SigningKey.VCEK, tcb, self._hwid(product, chip_id))
+        return self._leaf_key(product, SigningKey.VCEK, tcb, self._hwid(product, chip_id))
 
     def vlek_key(
         self, product: Product, tcb: TcbVersion, csp_id: str = DEFAULT_CSP_ID
     ) -> ec.EllipticCurvePrivateKey:
         """The VLEK private key of a cloud provider at a TCB."""
         _check_tcb(product, tcb)
-        return _leaf_key(self.seed, product, SigningKey.VLEK, tcb, csp_id)
+        return self._leaf_key(product, SigningKey.VLEK, tcb, csp_id)
+
+    def _leaf_key(self, product: Product, signing_key: SigningKey, tcb: TcbVersion,
+                  ident: bytes | str) -> ec.EllipticCurvePrivateKey:
+        return self.hierarchy.memo(("key", product, signing_key, tcb.raw, ident),
+                                   lambda: ec.generate_private_key(ec.SECP384R1()))
+
+    def _leaf_der(self, product: Product, signing_key: SigningKey, tcb: TcbVersion, ident: bytes | str,
+                  not_before: _dt.datetime, not_after: _dt.datetime) -> bytes:
+        vcek = signing_key is SigningKey.VCEK
+        issuer = self.hierarchy.authority(product, "ask" if vcek else "asvk")
+
+        def make() -> bytes:
+            return _x509.signing_key_certificate(
+                common_name="SEV-VCEK" if vcek else "SEV-VLEK",
+                key=self._leaf_key(product, signing_key, tcb, ident),
+                issuer=issuer.subject,
+                issuer_key=issuer.key,
+                product=product,
+                product_name=(VCEK_PRODUCT_NAME if vcek else VLEK_PRODUCT_NAME)[product],
+                tcb=tcb,
+                hwid=ident if isinstance(ident, bytes) else None,
+                csp_id=ident if isinstance(ident, str) else None,
+                not_before=not_before,
+                not_after=not_after,
+            )
+
+        return self.hierarchy.memo(("cert", product, signing_key, tcb.raw, ident, not_before, not_after),
+                                   make)
 
     def vcek_der(
         self,
@@ -236,7 +225,7 @@ class SoftwarePlatform:
         """The VCEK certificate for a chip at a TCB, as AMD KDS would serve it."""
         _check_tcb(product, tcb)
         hwid = self._hwid(product, chip_id)
-        return _leaf_der(self.seed, product, SigningKey.VCEK, tcb, hwid, not_before, not_after)
+        return self._leaf_der(product, SigningKey.VCEK, tcb, hwid, not_before, not_after)
 
     def vlek_der(
         self,
@@ -251,7 +240,7 @@ class SoftwarePlatform:
         _check_tcb(product, tcb)
         if not csp_id.isascii():
             raise ValueError("csp_id: expected ASCII (an IA5String)")
-        return _leaf_der(self.seed, product, SigningKey.VLEK, tcb, csp_id, not_before, not_after)
+        return self._leaf_der(product, SigningKey.VLEK, tcb, csp_id, not_before, not_after)
 
     def sign(
         self,
@@ -324,7 +313,7 @@ class SoftwarePlatform:
         if end <= start:
             raise ValueError(f"next_update: expected after this_update ({start.isoformat()}), "
                              f"got {end.isoformat()}")
-        return _crl_der(self.seed, product, serials, start, end)
+        return _crl_der(self.hierarchy, product, serials, start, end)
 
     @staticmethod
     def _hwid(product: Product, chip_id: bytes) -> bytes:

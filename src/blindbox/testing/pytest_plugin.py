@@ -2,7 +2,9 @@
 
 ``blindbox_enclave`` yields a started :class:`~blindbox.testing.EnclaveServer`
 with an echo app; a client trusts it with ``roots=server.roots_pem`` and
-``measurements=[server.measurement]``. ``blindbox_enclave_factory`` starts
+``measurements=[server.measurement]``. Its evidence is signed with the shared
+PUBLIC test keys (anyone can sign what those roots accept: loopback tests
+only); pass ``platform=SoftwarePlatform.generate()`` for fresh keys. ``blindbox_enclave_factory`` starts
 servers with your own WSGI app, faults and evidence options.
 """
 
