@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from blindbox._argtypes import parse_at
 from blindbox._text import shown
 from blindbox.attest import strict_json
 from blindbox.attest.manifest import (
@@ -35,10 +36,9 @@ from blindbox.errors import ConfigurationError, ManifestError
 _MAX_SMALL_FILE = 64 * 1024
 _HASH_CHUNK = 1024 * 1024
 
+
 def add_manifest_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``blindbox manifest`` and its three actions on the top-level subparsers."""
-    from blindbox.cli import _parse_at  # the one ISO 8601 reader of the CLI (imported late: no cycle)
-
     parser = sub.add_parser(
         "manifest",
         help="create, sign and verify enclave manifests (for enclave vendors)",
@@ -64,9 +64,9 @@ def add_manifest_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     create.add_argument("--sequence", required=True, type=int, metavar="N",
                         help="release sequence number: higher than every earlier release of this product")
     create.add_argument("--description", help="free text for people")
-    create.add_argument("--issued", type=_parse_at, metavar="ISO_DATE", help="issue time (default: now)")
+    create.add_argument("--issued", type=parse_at, metavar="ISO_DATE", help="issue time (default: now)")
     validity = create.add_mutually_exclusive_group(required=True)
-    validity.add_argument("--expires", type=_parse_at, metavar="ISO_DATE", help="expiry time")
+    validity.add_argument("--expires", type=parse_at, metavar="ISO_DATE", help="expiry time")
     validity.add_argument("--valid-days", type=int, metavar="DAYS",
                           help="expire this many days after --issued")
     create.add_argument("--policy", metavar="FILE", help="JSON object of appraisal policy fields")
@@ -104,7 +104,7 @@ def add_manifest_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     verify.add_argument("--publisher-key", required=True, metavar="PEM", help="the publisher's public key")
     verify.add_argument("--manifest-name", required=True, metavar="NAME", help="the product you expect")
     verify.add_argument("--min-sequence", type=int, metavar="N", help="refuse a lower sequence")
-    verify.add_argument("--at", type=_parse_at, metavar="ISO_DATE",
+    verify.add_argument("--at", type=parse_at, metavar="ISO_DATE",
                         help="check validity at this time (offline checks of old material; the recorded "
                              "sequence is then neither consulted nor raised)")
     verify.add_argument("--recompute", nargs="+", metavar="FILE",

@@ -10,7 +10,6 @@ command) and one line on stderr, with server- and file-supplied text escaped.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import importlib
 import json
 import os
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from blindbox import __version__
+from blindbox._argtypes import parse_at
 from blindbox._text import shown
 from blindbox.errors import (
     AttestationError,
@@ -140,21 +140,6 @@ def _read_input(name: str, limit: int, what: str, *, evidence: bool = False) -> 
     return data
 
 
-def _parse_at(text: str) -> _dt.datetime:
-    """An ISO 8601 date or date-time; no offset means UTC."""
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    try:
-        when = _dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an ISO 8601 date or date-time (e.g. 2025-06-01 or 2025-06-01T12:00:00Z), "
-            f"found {text!r}"
-        ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=_dt.timezone.utc)
-
-
 def _chain_certificates(data: bytes) -> dict[str, CertificateInput]:
     """Sort a chain file's certificates into the ``ask``/``asvk``/``ark`` slots.
 
@@ -232,7 +217,7 @@ def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     parser.add_argument("--cert", metavar="VCEK_OR_VLEK", help="the signing certificate (DER or PEM)")
     parser.add_argument("--chain", metavar="PEM",
                         help="ASK/ASVK (and ARK, never used as an anchor) as candidate intermediates")
-    parser.add_argument("--at", metavar="ISO_DATE", type=_parse_at,
+    parser.add_argument("--at", metavar="ISO_DATE", type=parse_at,
                         help="check certificate validity at this time instead of now (UTC if no offset)")
     parser.add_argument("--offline", action="store_true",
                         help="use only cached KDS responses (when --cert is not given)")
