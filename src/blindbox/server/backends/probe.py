@@ -58,9 +58,9 @@ def probe_backend(
             reason = backend.probe()
         except BackendPermissionError as exc:
             denied = True
-            skipped.append(f"{backend.name}: {exc}")
+            skipped.append(str(exc))
         except ReportBackendError as exc:
-            skipped.append(f"{backend.name}: {exc}")
+            skipped.append(str(exc))
         else:
             return ProbeResult(backend=backend, reason=reason, skipped=tuple(skipped))
     message = "no SEV-SNP report interface is usable: " + "; ".join(skipped)
