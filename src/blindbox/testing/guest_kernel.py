@@ -210,6 +210,7 @@ class EmulatedConfigfs(ConfigfsIo):
 SNP_GET_REPORT = 0xC0205300
 SNP_GET_EXT_REPORT = 0xC0205302
 _MAX_CERTS_LEN = 0x4000
+_FCNTL_COPY_LIMIT = 1024
 _PAGE = 4096
 
 
@@ -230,6 +231,11 @@ class IoctlCall:
 class EmulatedSevGuest:
     """An ``ioctl`` for :class:`~blindbox.server.backends.SevGuestBackend` that acts as sev-guest.c.
 
+    It also acts as ``fcntl.ioctl(..., True)`` does with the argument: one of at
+    most 1024 bytes is handed to the kernel as a copy that is written back only
+    when the call succeeds (so exitinfo2 and the like written on failure are
+    lost); a larger one is handed over in place.
+
     ``running_vmpl`` is the guest's VMPL (a request below it gets status
     INVALID_PARAM). ``faults`` is a queue, one per ioctl call, of:
     ``("errno", n)`` the ioctl fails with errno n; ``("busy", 0)`` EIO with
@@ -248,9 +254,18 @@ class EmulatedSevGuest:
     wiped: bool = False
 
     def __call__(self, fd: int, request: int, arg: object) -> int:
-        header_address = ctypes.addressof(ctypes.c_char.from_buffer(arg))  # type: ignore[arg-type]
-        if ctypes.sizeof(type(arg)) != 32:  # type: ignore[arg-type]
+        view = memoryview(arg).cast("B")  # type: ignore[arg-type]
+        if len(view) < 32 or view.readonly:
             raise _oserror(errno.EFAULT)
+        if len(view) > _FCNTL_COPY_LIMIT:
+            return self._kernel(request, ctypes.addressof(ctypes.c_char.from_buffer(view)))
+        # fcntl.ioctl runs the kernel on a copy of a small argument and copies it back only on success.
+        copy = ctypes.create_string_buffer(bytes(view), len(view))
+        result = self._kernel(request, ctypes.addressof(copy))
+        view[:] = copy.raw
+        return result
+
+    def _kernel(self, request: int, header_address: int) -> int:
         if request not in (SNP_GET_REPORT, SNP_GET_EXT_REPORT):
             raise _oserror(errno.ENOTTY)
         header = ctypes.string_at(header_address, 32)

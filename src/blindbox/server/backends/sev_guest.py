@@ -74,6 +74,21 @@ class _GuestRequest(ctypes.Structure):
     ]
 
 
+#: fcntl.ioctl copies an argument of at most 1024 bytes to a stack buffer and, in current CPython,
+#: copies it back only when the ioctl succeeds: exitinfo2 written on EIO would be lost. A larger
+#: argument is passed to the kernel in place, so the header is padded past that size.
+_FCNTL_COPY_LIMIT = 1024
+
+
+class _IoctlArgument(ctypes.Structure):
+    """The header, padded so that fcntl.ioctl hands the kernel this very memory."""
+
+    _fields_ = [
+        ("header", _GuestRequest),
+        ("_unused", ctypes.c_uint8 * _FCNTL_COPY_LIMIT),
+    ]
+
+
 class _ReportReq(ctypes.Structure):
     """struct snp_report_req."""
 
@@ -104,7 +119,8 @@ for _struct, _size in ((_GuestRequest, 32), (_ReportReq, 96), (_ExtReportReq, 11
     if ctypes.sizeof(_struct) != _size:  # pragma: no cover - an ABI this module does not know
         raise ImportError(f"{_struct.__doc__}: {ctypes.sizeof(_struct)} bytes, the kernel ABI has {_size}")
 
-#: ``ioctl(fd, request, header)``: must behave as ``fcntl.ioctl(fd, request, header, True)``.
+#: ``ioctl(fd, request, argument)``: must behave as ``fcntl.ioctl(fd, request, argument, True)``;
+#: ``argument`` is a writable buffer whose first 32 bytes are ``snp_guest_request_ioctl``.
 IoctlFunction = Callable[[int, int, Any], object]
 
 
@@ -236,10 +252,14 @@ class SevGuestBackend:
             code = SNP_GET_REPORT
         ctypes.memmove(body.user_data, data, len(data))
         body.vmpl = vmpl
-        header = _GuestRequest(msg_version=MSG_VERSION, req_data=ctypes.addressof(request),
-                               resp_data=ctypes.addressof(response), fw_error=0, vmm_error=0)
+        argument = _IoctlArgument()
+        header = argument.header
+        header.msg_version = MSG_VERSION
+        header.req_data = ctypes.addressof(request)
+        header.resp_data = ctypes.addressof(response)
+        header.fw_error = header.vmm_error = 0  # the kernel writes exitinfo2 back only when non-zero
         try:
-            self._ioctl(fd, code, header)
+            self._ioctl(fd, code, argument)
         except OSError as exc:
             return self._ioctl_error(exc, header, request)
         raw = bytes(response.data)
