@@ -271,3 +271,17 @@ def test_rmdir_failure_does_not_hide_the_first_error(tree: EmulatedConfigfs) -> 
 def test_probe_removes_its_entry(tree: EmulatedConfigfs) -> None:
     assert "provider sev_guest" in backend(tree).probe()
     assert len(tree.removed) == 1 and tree.requests == []
+
+
+def test_an_entry_name_collision_takes_another_name(
+    tree: EmulatedConfigfs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = iter(["taken", "taken", "free"])
+    monkeypatch.setattr("blindbox.server.backends.configfs_tsm.secrets.token_hex", lambda n: next(names))
+    taken = str(tree.root / f"blindbox-{os.getpid()}-taken")
+    tree.mkdir(taken)
+    nonce, report_data = bound_request()
+    verified(backend(tree).get_report(report_data), FIRMWARE, nonce)
+    assert [Path(p).name for p in tree.removed] == [f"blindbox-{os.getpid()}-free"]
+    assert tree.entries[taken].generation == 0  # the other entry was not touched
+    tree.rmdir(taken)

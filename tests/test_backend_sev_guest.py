@@ -227,3 +227,10 @@ def test_report_data_and_vmpl_are_checked_before_the_ioctl(device: Path) -> None
     with pytest.raises(ReportRequestError, match=r"vmpl must be an integer 0\.\.3"):
         backend(device, kernel).get_report(bytes(64), vmpl=4)
     assert kernel.calls == []
+
+
+def test_a_host_without_certificates_costs_one_request(device: Path) -> None:
+    kernel = EmulatedSevGuest(SimulatedBackend.create(certificates=False))
+    evidence = backend(device, kernel).get_report(bytes(64))
+    assert len(kernel.calls) == 1
+    assert evidence.cert_table == bytes(0x4000) and dict(evidence.certificates) == {}
