@@ -11,6 +11,7 @@ import errno
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -285,3 +286,21 @@ def test_an_entry_name_collision_takes_another_name(
     assert [Path(p).name for p in tree.removed] == [f"blindbox-{os.getpid()}-free"]
     assert tree.entries[taken].generation == 0  # the other entry was not touched
     tree.rmdir(taken)
+
+
+def test_concurrent_requests_each_get_their_own_entry_and_report(tree: EmulatedConfigfs) -> None:
+    b = backend(tree)
+    requests = [bound_request() for _ in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda r: b.get_report(r[1]), requests))
+    for (nonce, _), evidence in zip(requests, results, strict=True):
+        verified(evidence, FIRMWARE, nonce)
+    assert sorted(data for data, _ in tree.requests) == sorted(data for _, data in requests)
+    assert len(set(tree.removed)) == 8
+
+
+def test_a_kernel_without_privlevel_floor_takes_floor_zero(tmp_path: Path) -> None:
+    tree = EmulatedConfigfs(tmp_path, FIRMWARE, privlevel_floor=None)
+    nonce, report_data = bound_request()
+    verified(backend(tree).get_report(report_data, vmpl=1), FIRMWARE, nonce)
+    assert tree.requests == [(report_data, 1)]
