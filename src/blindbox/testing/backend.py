@@ -19,7 +19,6 @@ from blindbox.server.backends.base import MAX_VMPL, RawEvidence, check_request
 from blindbox.server.backends.errors import ReportRequestError
 from blindbox.snp.product import Product
 from blindbox.snp.report import SigningKey
-from blindbox.testing._keys import DEFAULT_SEED
 from blindbox.testing.evidence import DEMO_MEASUREMENT
 from blindbox.testing.platform import SoftwarePlatform
 from blindbox.testing.report import ReportFields
@@ -48,11 +47,12 @@ class SimulatedBackend:
         signing_key: SigningKey = SigningKey.VCEK,
         running_vmpl: int = 0,
         certificates: bool = True,
-        seed: bytes = DEFAULT_SEED,
+        platform: SoftwarePlatform | None = None,
     ) -> SimulatedBackend:
+        """A guest running ``measurement`` at ``running_vmpl`` on ``platform`` (default: the test keys)."""
         template = ReportFields(product=product, signing_key=signing_key, vmpl=running_vmpl,
                                 measurement=parse_measurement(measurement))
-        return cls(platform=SoftwarePlatform(seed), template=template, certificates=certificates)
+        return cls(platform=platform or SoftwarePlatform(), template=template, certificates=certificates)
 
     @property
     def roots_pem(self) -> str:
