@@ -151,6 +151,13 @@ def test_no_provider_registered(tree: EmulatedConfigfs) -> None:
         backend(tree).get_report(bytes(64))
 
 
+def test_provider_unregistered_after_mkdir(tree: EmulatedConfigfs) -> None:
+    tree.fail("provider", errno.ENXIO)
+    with pytest.raises(BackendUnavailableError, match=r"provider failed \(ENXIO\).*modprobe sev-guest"):
+        backend(tree).get_report(bytes(64))
+    assert len(tree.removed) == 1
+
+
 def test_another_tees_provider_is_refused(tree: EmulatedConfigfs) -> None:
     tree.provider = "tdx_guest"
     with pytest.raises(BackendUnavailableError, match="provider is 'tdx_guest', expected 'sev_guest'"):

@@ -111,7 +111,7 @@ def _error(op: str, path: str, exc: OSError) -> ReportBackendError:
     where = f"configfs-tsm: {op} {shown(path)} failed ({_errno_name(exc)})"
     if code in _NO_ROOT:
         return BackendPermissionError(f"{where}: report entries are root-only; run the agent as root")
-    if op == "mkdir" and code == errno.ENXIO:
+    if code == errno.ENXIO and not path.endswith("blob"):
         return BackendUnavailableError(
             f"{where}: no TSM provider is registered; load the sev-guest module (modprobe sev-guest) "
             "in an SEV-SNP guest"
