@@ -26,7 +26,7 @@ import time
 from types import TracebackType
 
 from blindbox.server.tls import TlsIdentity
-from blindbox.testing.server import request_client_certificate
+from blindbox.server.client_certificate import request_client_certificate
 
 MODES = ("handshake", "handshake-tls1.2", "post-handshake", "silent")
 

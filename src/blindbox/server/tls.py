@@ -2,17 +2,22 @@
 
 The certificate is self-signed; clients trust it only because an attestation
 report binds the SHA-256 of its SubjectPublicKeyInfo.
+
+Security property: :meth:`TlsIdentity.server_context` loads the key from an
+anonymous memory file (``memfd_create``), closed as soon as OpenSSL has read
+it; the key never touches a filesystem, and ``repr`` never shows it.
+(:meth:`TlsIdentity.save` exists for the test kit's recorded fixtures only.)
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import ipaddress
 import os
 import ssl
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -25,7 +30,7 @@ from cryptography.x509.oid import NameOID
 class TlsIdentity:
     """A TLS private key and its self-signed certificate (both PEM)."""
 
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)
     cert_pem: bytes
 
     @classmethod
@@ -86,12 +91,20 @@ class TlsIdentity:
         )
 
     def server_context(self) -> ssl.SSLContext:
-        """A server-side TLS context (TLS 1.2+) presenting this identity."""
+        """A server-side TLS context (TLS 1.2+) presenting this identity; the key stays in memory."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        # load_cert_chain needs files; use a private temporary directory and remove it at once.
-        with tempfile.TemporaryDirectory(prefix="blindbox-tls-") as tmp:
-            cert_path, key_path = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
-            self.save(cert_path, key_path)
-            ctx.load_cert_chain(cert_path, key_path)
+        # ssl loads keys only from paths: give it /proc/self/fd/N of an anonymous memory file
+        # (no name in any filesystem, never swapped to one; sealed against writes), closed at once.
+        fd = os.memfd_create("blindbox-tls", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            view = memoryview(self.key_pem + b"\n" + self.cert_pem)
+            while view:
+                view = view[os.write(fd, view):]
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+            path = f"/proc/self/fd/{fd}"
+            ctx.load_cert_chain(path, path)
+        finally:
+            os.close(fd)
         return ctx

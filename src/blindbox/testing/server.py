@@ -22,7 +22,6 @@ import http.server
 import io
 import json
 import logging
-import select
 import socket
 import socketserver
 import ssl
@@ -36,6 +35,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
 from blindbox.attest.evidence import EVIDENCE_PATH, Evidence, decode_nonce
+from blindbox.server.client_certificate import request_client_certificate
 from blindbox.server.tls import TlsIdentity
 
 log = logging.getLogger("blindbox.testing")
@@ -98,46 +98,6 @@ class _Stats:
     raw: list[bytearray] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
     client_certificates: list[tuple[int, bytes]] = field(default_factory=list)
-
-
-def request_client_certificate(sock: ssl.SSLSocket, timeout: float) -> bytes | None:
-    """Ask the client for its certificate by TLS 1.3 post-handshake authentication.
-
-    Returns the DER certificate the client presented (on this connection, now
-    or earlier), or None when it sent none, cannot do post-handshake
-    authentication, or did not answer within ``timeout`` seconds. The context
-    should require a certificate (``CERT_REQUIRED``): an empty answer then ends
-    the connection at once, where otherwise it would look like no answer yet.
-    """
-    presented = sock.getpeercert(binary_form=True)
-    if presented:
-        return presented
-    previous = sock.gettimeout()
-    try:
-        sock.verify_client_post_handshake()
-        sock.do_handshake()  # sends the CertificateRequest now
-        # The client answers while it waits for the response; read its handshake records
-        # without consuming application data (there is none before the response).
-        sock.setblocking(False)
-        deadline = time.monotonic() + timeout
-        while not (presented := sock.getpeercert(binary_form=True)):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            select.select([sock], [], [], remaining)
-            try:
-                sock.recv(1)  # b"" (closed) or application data before any answer: no certificate
-            except ssl.SSLWantReadError:
-                continue
-            return None
-        return presented
-    except (OSError, ValueError):
-        return None
-    finally:
-        try:
-            sock.settimeout(previous)
-        except OSError:
-            pass
 
 
 class _RecordingReader(io.RawIOBase):
