@@ -25,8 +25,8 @@ import threading
 import time
 from types import TracebackType
 
-from blindbox.server.tls import TlsIdentity
 from blindbox.server.client_certificate import request_client_certificate
+from blindbox.server.tls import TlsIdentity
 
 MODES = ("handshake", "handshake-tls1.2", "post-handshake", "silent")
 

@@ -34,6 +34,7 @@ from blindbox.errors import (
     OriginRefusedError,
     VerificationIncompleteError,
 )
+from blindbox.server.backends.errors import ReportBackendError
 from blindbox.snp.certificate import AmdCertificate, load_all
 from blindbox.snp.describe import describe, render_text
 from blindbox.snp.product import Product
@@ -92,6 +93,7 @@ _EXIT_FOR: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], in
     (ManifestTrustError, EXIT_UNTRUSTED_INPUT),
     (ConfigurationError, EXIT_USAGE),
     (AttestationError, EXIT_REFUSED),
+    (ReportBackendError, EXIT_INCOMPLETE),
     ((requests.RequestException, ConnectionError, TimeoutError, socket.gaierror), EXIT_INCOMPLETE),
     (OSError, EXIT_USAGE),
 )
@@ -680,6 +682,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from blindbox._manifest_cli import add_manifest_parser
 
     add_manifest_parser(sub)
+    from blindbox._serve_cli import add_serve_parser
+
+    add_serve_parser(sub, epilog=EXIT_EPILOG, formatter_class=_HelpFormatter)
     return parser
 
 

@@ -1,0 +1,407 @@
+"""One client connection of the agent: evidence, authentication, and the streaming reverse proxy.
+
+h11 parses and writes every HTTP message on both sides (a fresh parser per
+request, so each head is checked by :mod:`blindbox.server.framing` on its raw
+bytes first); bodies are relayed chunk by chunk (at most :attr:`Limits.chunk`
+bytes held per direction) and re-framed by h11, never copied byte for byte.
+
+Security property: per request, on keep-alive and pipelined connections
+alike, nothing reaches the upstream before the request was admitted
+(:class:`blindbox.server.auth.Authenticator`); a refused request gets its
+answer and, when its body was not read, the connection is closed. Errors the
+client sees name no upstream address, exception or key material.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h11
+
+from blindbox.attest.evidence import EVIDENCE_PATH
+from blindbox.server.auth import Authenticator, Principal
+from blindbox.server.client_certificate import request_client_certificate
+from blindbox.server.evidence import EvidenceBusy, EvidenceService, parse_nonce_query
+from blindbox.server.framing import MAX_HEAD_BYTES, Refusal, check_head, head_end
+from blindbox.server.headers import client_response_headers, upstream_request_headers
+
+_EVIDENCE = EVIDENCE_PATH.encode("ascii")
+#: Pipelined bytes buffered while a response is relayed; past this the client is not read.
+_MAX_PIPELINED = 256 * 1024
+#: Slice of a blocking wait, so that shutdown is noticed.
+_TICK = 0.25
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Deadlines (seconds) and sizes that keep slow or hostile peers from holding the agent."""
+
+    handshake_timeout: float = 10.0  # TLS handshake
+    head_timeout: float = 10.0  # a whole request head, from its first byte
+    idle_timeout: float = 30.0  # waiting for the next request on a kept-alive connection
+    io_timeout: float = 60.0  # any one read or write of a body
+    upstream_connect_timeout: float = 5.0
+    upstream_timeout: float = 60.0  # the upstream's response head, and each read of its body
+    certificate_timeout: float = 10.0  # a client's answer to a certificate request
+    chunk: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Site:
+    """What every connection shares: evidence, authentication, the upstream and the limits."""
+
+    evidence: EvidenceService
+    auth: Authenticator
+    upstream: tuple[str, int]
+    limits: Limits = Limits()
+
+
+class _Closed(Exception):
+    """The client went away or broke the protocol: close without answering."""
+
+
+class _UpstreamFailed(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _has_body(request: h11.Request) -> bool:
+    for name, value in request.headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+class ClientConnection:
+    """Serves one accepted TLS connection until it closes, fails or the agent stops."""
+
+    def __init__(self, sock: ssl.SSLSocket, client_ip: str, site: Site, stopping: threading.Event) -> None:
+        self.sock, self.client_ip, self.site, self.stopping = sock, client_ip, site, stopping
+        self.limits = site.limits
+        self.certificate_asked = False
+        self.certificate: bytes | None = None
+        self.reusable = True  # False once a certificate request failed (its bytes may be lost)
+
+    # -- client I/O
+
+    def _send(self, data: bytes) -> None:
+        if data:
+            try:
+                self.sock.settimeout(self.limits.io_timeout)
+                self.sock.sendall(data)
+            except (OSError, ValueError):
+                raise _Closed from None
+
+    def _recv(self, timeout: float) -> bytes:
+        if timeout <= 0:
+            raise _Closed
+        try:
+            self.sock.settimeout(timeout)
+            return self.sock.recv(self.limits.chunk)
+        except (OSError, ValueError):
+            raise _Closed from None
+
+    def _wait_readable(self, timeout: float) -> bool:
+        """Wait for client bytes up to ``timeout``, in slices so that a shutdown is seen."""
+        deadline = time.monotonic() + timeout
+        while not self.sock.pending():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.stopping.is_set():
+                return False
+            readable, _, _ = select.select([self.sock], [], [], min(remaining, _TICK))
+            if readable:
+                return True
+        return True
+
+    # -- the request loop
+
+    def run(self) -> None:
+        try:
+            self.sock.settimeout(self.limits.handshake_timeout)
+            self.sock.do_handshake()
+        except (OSError, ValueError):
+            self._close()
+            return
+        pending = bytearray()
+        try:
+            while not self.stopping.is_set():
+                head = self._read_head(pending)
+                if head is None:
+                    break
+                keep = self._serve(pending, head)
+                if not keep:
+                    break
+        except _Closed:
+            pass
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _read_head(self, pending: bytearray) -> int | None:
+        """Read until ``pending`` holds a whole request head; its length, or None to close quietly."""
+        started: float | None = time.monotonic() if pending else None
+        while True:
+            try:
+                end = head_end(pending)
+            except Refusal as refusal:
+                self._refuse(h11.Connection(h11.SERVER), refusal, close=True)
+                return None
+            if end is not None:
+                return end
+            if started is None:
+                if not self._wait_readable(self.limits.idle_timeout):
+                    return None
+                started = time.monotonic()
+            data = self._recv(started + self.limits.head_timeout - time.monotonic())
+            if not data:
+                return None
+            pending += data
+
+    def _serve(self, pending: bytearray, head: int) -> bool:
+        """Serve the request at the start of ``pending``; True to read another on this connection."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        try:
+            check_head(bytes(pending[:head]))
+            conn.receive_data(bytes(pending))
+            pending.clear()
+            event = conn.next_event()
+            if not isinstance(event, h11.Request):
+                raise Refusal(400, "malformed request")
+        except Refusal as refusal:
+            self._refuse(conn, refusal, close=True)
+            return False
+        except h11.RemoteProtocolError:
+            self._refuse(conn, Refusal(400, "malformed request"), close=True)
+            return False
+        try:
+            keep = self._route(conn, event)
+        except Refusal as refusal:
+            self._refuse(conn, refusal, close=True)
+            return False
+        except h11.RemoteProtocolError:
+            self._refuse(conn, Refusal(400, "malformed request body"), close=True)
+            return False
+        if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return False
+        leftover, closed = conn.trailing_data
+        pending += leftover
+        return not closed
+
+    def _route(self, conn: h11.Connection, request: h11.Request) -> bool:
+        target = request.target
+        if not target.startswith(b"/"):
+            raise Refusal(400, "only origin-form request targets (/path) are accepted")
+        path, _, query = target.partition(b"?")
+        body = _has_body(request)
+        if path == _EVIDENCE:
+            return self._evidence(conn, request, query, close=body)
+        principal = self._admit(request)
+        if principal is False:
+            self._respond(conn, 401, {"error": "authentication required"},
+                          [(b"www-authenticate", b"Bearer")], close=body or not self.reusable)
+            return not body and self.reusable
+        return self._proxy(conn, request, principal if isinstance(principal, Principal) else None)
+
+    def _admit(self, request: h11.Request) -> Principal | bool:
+        """The admitted principal, True when no authentication is required, False when refused."""
+        auth = self.site.auth
+        if not auth.required:
+            auth.bearer(request.headers)  # still refuses two Authorization headers
+            return True
+        principal = auth.bearer(request.headers)
+        if principal is None and auth.wants_certificate:
+            if not self.certificate_asked:
+                self.certificate_asked = True
+                self.certificate = request_client_certificate(self.sock, self.limits.certificate_timeout)
+                if self.certificate is None:
+                    self.reusable = False
+            principal = auth.certificate(self.certificate)
+        return principal if principal is not None else False
+
+    # -- answers made by the agent
+
+    def _respond(self, conn: h11.Connection, status: int, doc: object,
+                 headers: Sequence[tuple[bytes, bytes]] = (), *, close: bool = False,
+                 body: bytes | None = None) -> None:
+        payload = body if body is not None else json.dumps(doc).encode("utf-8")
+        fields = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                  (b"cache-control", b"no-store"), *headers]
+        if close:
+            fields.append((b"connection", b"close"))
+        try:
+            out = conn.send(h11.Response(status_code=status, headers=fields,
+                                         reason=http.HTTPStatus(status).phrase.encode("ascii")))
+            if conn.our_state is h11.SEND_BODY:
+                out = (out or b"") + (conn.send(h11.Data(data=payload)) or b"")
+            out = (out or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError:
+            raise _Closed from None
+        self._send(out)
+
+    def _refuse(self, conn: h11.Connection, refusal: Refusal, *, close: bool) -> None:
+        try:
+            self._respond(conn, refusal.status, {"error": refusal.reason}, close=close)
+        except _Closed:
+            pass
+
+    def _evidence(self, conn: h11.Connection, request: h11.Request, query: bytes, *, close: bool) -> bool:
+        if request.method != b"GET":
+            self._respond(conn, 405, {"error": "the evidence endpoint answers GET only"},
+                          [(b"allow", b"GET")], close=close)
+            return not close
+        nonce = parse_nonce_query(query.decode("ascii", "replace"))
+        try:
+            document = self.site.evidence.document(nonce)
+        except EvidenceBusy as busy:
+            self._respond(conn, 503, {"error": "too many evidence requests in flight; retry later"},
+                          [(b"retry-after", str(busy.retry_after).encode())], close=close)
+            return not close
+        except Exception:  # a backend failure: the operator's log says why, the client only that it failed
+            logging.getLogger("blindbox.server").exception("evidence: the report backend failed")
+            self._respond(conn, 503, {"error": "evidence is unavailable"}, [(b"retry-after", b"5")],
+                          close=True)
+            return False
+        self._respond(conn, 200, None, body=document, close=close)
+        return not close
+
+    # -- the reverse proxy
+
+    def _client_event(self, conn: h11.Connection) -> object:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(self._recv(self.limits.io_timeout))
+                continue
+            return event
+
+    def _proxy(self, conn: h11.Connection, request: h11.Request, principal: Principal | None) -> bool:
+        chunked = any(name == b"transfer-encoding" for name, _ in request.headers)
+        headers = upstream_request_headers(
+            request.headers, client_ip=self.client_ip, chunked=chunked,
+            principal=principal.digest if principal else None,
+            drop_authorization=principal is not None and principal.kind == "bearer",
+        )
+        body = _has_body(request)
+        try:
+            up = socket.create_connection(self.site.upstream, timeout=self.limits.upstream_connect_timeout)
+        except TimeoutError:
+            self._respond(conn, 504, {"error": "the upstream did not answer"}, close=body)
+            return not body
+        except OSError:
+            self._respond(conn, 502, {"error": "the upstream is unavailable"}, close=body)
+            return not body
+        with up:
+            up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            upc = h11.Connection(h11.CLIENT)
+            try:
+                self._send_upstream(up, upc, h11.Request(method=request.method, target=request.target,
+                                                         headers=headers, http_version=b"1.1"))
+                if conn.they_are_waiting_for_100_continue:
+                    self._send(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+                while True:
+                    event = self._client_event(conn)
+                    if isinstance(event, h11.Data):
+                        self._send_upstream(up, upc, h11.Data(data=event.data))
+                    elif isinstance(event, h11.EndOfMessage):
+                        self._send_upstream(up, upc, h11.EndOfMessage())
+                        break
+                    else:
+                        raise _Closed
+                response = self._upstream_event(up, upc, conn, head=True)
+            except _UpstreamFailed as failure:
+                close = conn.their_state is not h11.DONE
+                self._respond(conn, failure.status, {
+                    "error": "the upstream did not answer" if failure.status == 504
+                    else "the upstream is unavailable"}, close=close)
+                return not close
+            assert isinstance(response, h11.Response)
+            self._send(conn.send(h11.Response(
+                status_code=response.status_code, headers=client_response_headers(response.headers),
+                reason=response.reason)) or b"")
+            while True:
+                try:
+                    event = self._upstream_event(up, upc, conn, head=False)
+                except _UpstreamFailed:
+                    raise _Closed from None  # the response has begun: the client sees it cut short
+                if isinstance(event, h11.Data):
+                    self._send(conn.send(h11.Data(data=event.data)) or b"")
+                elif isinstance(event, h11.EndOfMessage):
+                    self._send(conn.send(h11.EndOfMessage()) or b"")
+                    return True
+                else:
+                    raise _Closed
+
+    def _send_upstream(self, up: socket.socket, upc: h11.Connection, event: h11.Event) -> None:
+        try:
+            up.settimeout(self.limits.io_timeout)
+            up.sendall(upc.send(event) or b"")
+        except TimeoutError:
+            raise _UpstreamFailed(504) from None
+        except (OSError, h11.LocalProtocolError):
+            raise _UpstreamFailed(502) from None
+
+    def _upstream_event(self, up: socket.socket, upc: h11.Connection, conn: h11.Connection, *,
+                        head: bool) -> object:
+        """The upstream's next response event, watching the client for a disconnect meanwhile."""
+        while True:
+            try:
+                event = upc.next_event()
+            except h11.RemoteProtocolError:
+                raise _UpstreamFailed(502) from None
+            if event is h11.NEED_DATA:
+                upc.receive_data(self._upstream_recv(up, conn))
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 1xx are answered here (100-continue) or refused (no Upgrade is forwarded)
+            if head and not isinstance(event, h11.Response):
+                raise _UpstreamFailed(502)
+            if isinstance(event, (h11.ConnectionClosed, h11.Request)) or event is h11.PAUSED:
+                raise _UpstreamFailed(502)
+            return event
+
+    def _upstream_recv(self, up: socket.socket, conn: h11.Connection) -> bytes:
+        deadline = time.monotonic() + self.limits.upstream_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _UpstreamFailed(504)
+            watch: list[socket.socket] = [up]
+            if conn.their_state is h11.DONE and len(conn.trailing_data[0]) < _MAX_PIPELINED \
+                    and not conn.trailing_data[1]:
+                watch.append(self.sock)
+            readable, _, _ = select.select(watch, [], [], min(remaining, _TICK))
+            if up in readable:
+                try:
+                    return up.recv(self.limits.chunk)
+                except OSError:
+                    raise _UpstreamFailed(502) from None
+            if self.sock in readable or (len(watch) > 1 and self.sock.pending()):
+                self._pull_pipelined(conn)
+
+    def _pull_pipelined(self, conn: h11.Connection) -> None:
+        """Read what the client sent while its response is pending; a close ends everything."""
+        try:
+            self.sock.settimeout(0.0)
+            data = self.sock.recv(self.limits.chunk)
+        except ssl.SSLWantReadError:
+            return
+        except (OSError, ValueError):
+            raise _Closed from None
+        if not data:
+            raise _Closed  # the client went away: drop the upstream request
+        conn.receive_data(data)
