@@ -27,6 +27,7 @@ import h11
 from blindbox.attest.owner_policy import OwnerPolicy
 from blindbox.server.agent import Agent
 from blindbox.server.auth import Authenticator
+from blindbox.server.backends import RawEvidence, ReportBackend
 from blindbox.server.connection import Limits, Site
 from blindbox.server.evidence import EvidenceService
 from blindbox.server.tls import TlsIdentity
@@ -172,6 +173,21 @@ class Upstream:
         return True
 
 
+class GatedBackend:
+    """The simulator, but each report waits until the test opens ``gate`` (a busy secure processor)."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def get_report(self, report_data: bytes, vmpl: int | None = None) -> RawEvidence:
+        self.entered.set()
+        self.gate.wait(10)
+        return BACKEND.get_report(report_data, vmpl)
+
+
 def policy(*, tokens: tuple[str, ...] = (TOKEN_SHA256,), spkis: tuple[str, ...] = ()) -> OwnerPolicy:
     return OwnerPolicy(authentication_required=True, bearer_token_sha256=tokens,
                        client_certificate_spki_sha256=spkis)
@@ -194,10 +210,11 @@ class RunningAgent:
 
 @contextmanager
 def running_agent(upstream_port: int, owner_policy: OwnerPolicy | None = None,
-                  limits: Limits | None = None, max_waiting: int = 8) -> Iterator[RunningAgent]:
-    """An :class:`Agent` serving in a thread, with the simulator backend."""
+                  limits: Limits | None = None, max_waiting: int = 8,
+                  backend: ReportBackend = BACKEND) -> Iterator[RunningAgent]:
+    """An :class:`Agent` serving in a thread, with the simulator backend unless told otherwise."""
     identity = TlsIdentity.generate()
-    evidence = EvidenceService(BACKEND, spki_der=identity.spki_der,
+    evidence = EvidenceService(backend, spki_der=identity.spki_der,
                                policy=owner_policy.to_bytes() if owner_policy else None,
                                max_waiting=max_waiting)
     site = Site(evidence=evidence, auth=Authenticator(owner_policy), upstream=("127.0.0.1", upstream_port),
@@ -256,8 +273,8 @@ def exchange(port: int, raw: bytes, *, method: bytes = b"GET", max_responses: in
                 client.receive_data(data)
                 continue
             if isinstance(event, h11.Response):
-                status, headers, body = event.status_code, {k.decode(): v.decode() for k, v in event.headers}, \
-                    bytearray()
+                status, body = event.status_code, bytearray()
+                headers = {k.decode(): v.decode() for k, v in event.headers}
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):

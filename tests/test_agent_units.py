@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from tests.agent_support import BACKEND, TOKEN, TOKEN_SHA256, policy
 from blindbox.attest.binding import check_binding
 from blindbox.attest.evidence import Evidence
 from blindbox.server.auth import Authenticator
@@ -19,6 +18,7 @@ from blindbox.server.framing import MAX_HEAD_BYTES, Refusal, check_head, head_en
 from blindbox.server.headers import client_response_headers, upstream_request_headers
 from blindbox.server.tls import TlsIdentity
 from blindbox.snp import verify_report
+from tests.agent_support import BACKEND, TOKEN, TOKEN_SHA256, policy
 
 GOOD = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
 
@@ -124,8 +124,8 @@ def test_response_headers_strip_hop_by_hop() -> None:
     assert client_response_headers(headers) == _headers(("Content-Type", "a"), ("Content-Length", "5"))
 
 
-@pytest.mark.parametrize("query", ["nonce=" + "A" * 64, "nonce=abc", "nonce=" + "0" * 64 + "&nonce=" + "0" * 64,
-                                   "nonce", "=&&"])
+@pytest.mark.parametrize("query", ["nonce=" + "A" * 64, "nonce=abc", "nonce", "=&&",
+                                   "nonce=" + "0" * 64 + "&nonce=" + "0" * 64])
 def test_bad_nonces_are_400(query: str) -> None:
     with pytest.raises(Refusal) as info:
         parse_nonce_query(query)

@@ -90,6 +90,7 @@ class ClientConnection:
         self.limits = site.limits
         self.certificate_asked = False
         self.certificate: bytes | None = None
+        self.head_request = False
         self.reusable = True  # False once a certificate request failed (its bytes may be lost)
 
     # -- client I/O
@@ -196,6 +197,11 @@ class ClientConnection:
         except h11.RemoteProtocolError:
             self._refuse(conn, Refusal(400, "malformed request body"), close=True)
             return False
+        if keep and conn.their_state is h11.SEND_BODY:  # answered without reading a (bodiless) request
+            try:
+                keep = isinstance(conn.next_event(), h11.EndOfMessage)
+            except h11.RemoteProtocolError:
+                keep = False
         if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
         leftover, closed = conn.trailing_data
@@ -204,6 +210,7 @@ class ClientConnection:
 
     def _route(self, conn: h11.Connection, request: h11.Request) -> bool:
         target = request.target
+        self.head_request = request.method == b"HEAD"
         if not target.startswith(b"/"):
             raise Refusal(400, "only origin-form request targets (/path) are accepted")
         path, _, query = target.partition(b"?")
@@ -246,7 +253,7 @@ class ClientConnection:
         try:
             out = conn.send(h11.Response(status_code=status, headers=fields,
                                          reason=http.HTTPStatus(status).phrase.encode("ascii")))
-            if conn.our_state is h11.SEND_BODY:
+            if conn.our_state is h11.SEND_BODY and not self.head_request:
                 out = (out or b"") + (conn.send(h11.Data(data=payload)) or b"")
             out = (out or b"") + (conn.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError:
