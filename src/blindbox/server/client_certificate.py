@@ -91,30 +91,47 @@ def request_client_certificate(sock: ssl.SSLSocket, timeout: float) -> bytes | N
     Application data arriving before an answer counts as no answer (one byte
     of it is consumed): close the connection after a None.
     """
+    return request_client_certificate_buffered(sock, timeout, 0)[0]
+
+
+def request_client_certificate_buffered(sock: ssl.SSLSocket, timeout: float,
+                                        limit: int) -> tuple[bytes | None, bytes]:
+    """:func:`request_client_certificate`, keeping up to ``limit`` bytes of application data read meanwhile.
+
+    A client answers a post-handshake request only when it next reads, after
+    sending its whole request: the request body arrives first. Returns the
+    certificate (or None) and the application data read while waiting, which
+    the caller must process as if read normally; past ``limit`` bytes the
+    wait ends with None.
+    """
+    buffered = bytearray()
     presented = sock.getpeercert(binary_form=True)
     if presented:
-        return presented
+        return presented, b""
     previous = sock.gettimeout()
     try:
         sock.verify_client_post_handshake()
         sock.do_handshake()  # sends the CertificateRequest now
-        # The client answers while it waits for the response; read its handshake records
-        # without consuming application data (there is none before the response).
         sock.setblocking(False)
         deadline = time.monotonic() + timeout
         while not (presented := sock.getpeercert(binary_form=True)):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
-            select.select([sock], [], [], remaining)
+                return None, bytes(buffered)
+            if not sock.pending():
+                select.select([sock], [], [], remaining)
             try:
-                sock.recv(1)  # b"" (closed) or application data before any answer: no certificate
+                data = sock.recv(max(1, min(65536, limit + 1 - len(buffered))))
             except ssl.SSLWantReadError:
                 continue
-            return None
-        return presented
+            if not data:
+                return None, bytes(buffered)
+            buffered += data
+            if len(buffered) > limit:
+                return None, bytes(buffered)
+        return presented, bytes(buffered)
     except (OSError, ValueError):
-        return None
+        return None, bytes(buffered)
     finally:
         try:
             sock.settimeout(previous)

@@ -29,7 +29,7 @@ import h11
 
 from blindbox.attest.evidence import EVIDENCE_PATH
 from blindbox.server.auth import Authenticator, Principal
-from blindbox.server.client_certificate import request_client_certificate
+from blindbox.server.client_certificate import request_client_certificate_buffered
 from blindbox.server.evidence import EvidenceBusy, EvidenceService, parse_nonce_query
 from blindbox.server.framing import MAX_HEAD_BYTES, Refusal, check_head, head_end
 from blindbox.server.headers import client_response_headers, upstream_request_headers
@@ -52,6 +52,7 @@ class Limits:
     upstream_connect_timeout: float = 5.0
     upstream_timeout: float = 60.0  # the upstream's response head, and each read of its body
     certificate_timeout: float = 10.0  # a client's answer to a certificate request
+    certificate_buffer: int = 1024 * 1024  # request bytes held while the client's answer is awaited
     chunk: int = 64 * 1024
 
 
@@ -217,14 +218,14 @@ class ClientConnection:
         body = _has_body(request)
         if path == _EVIDENCE:
             return self._evidence(conn, request, query, close=body)
-        principal = self._admit(request)
+        principal = self._admit(conn, request)
         if principal is False:
             self._respond(conn, 401, {"error": "authentication required"},
                           [(b"www-authenticate", b"Bearer")], close=body or not self.reusable)
             return not body and self.reusable
         return self._proxy(conn, request, principal if isinstance(principal, Principal) else None)
 
-    def _admit(self, request: h11.Request) -> Principal | bool:
+    def _admit(self, conn: h11.Connection, request: h11.Request) -> Principal | bool:
         """The admitted principal, True when no authentication is required, False when refused."""
         auth = self.site.auth
         if not auth.required:
@@ -234,7 +235,9 @@ class ClientConnection:
         if principal is None and auth.wants_certificate:
             if not self.certificate_asked:
                 self.certificate_asked = True
-                self.certificate = request_client_certificate(self.sock, self.limits.certificate_timeout)
+                self.certificate, early = request_client_certificate_buffered(
+                    self.sock, self.limits.certificate_timeout, self.limits.certificate_buffer)
+                conn.receive_data(early)  # the body (or next requests) sent before the client answered
                 if self.certificate is None:
                     self.reusable = False
             principal = auth.certificate(self.certificate)
