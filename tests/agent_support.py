@@ -58,6 +58,7 @@ class Upstream:
     """A threaded HTTP/1.1 app on 127.0.0.1 that logs every request it receives.
 
     Routes: ``/slow`` answers in chunks, each sent when the test sets ``release``;
+    ``/bye`` answers, then closes the connection it said it would keep;
     ``/hang`` never answers (and logs when its client goes away); ``/size`` counts
     the request body without keeping it; anything else echoes the request as JSON.
     """
@@ -66,6 +67,7 @@ class Upstream:
     log: list[Seen] = field(default_factory=list)
     disconnected: threading.Event = field(default_factory=threading.Event)
     release: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    connections: int = 0
 
     def __post_init__(self) -> None:
         self._sock = socket.create_server(("127.0.0.1", self.port))
@@ -92,6 +94,9 @@ class Upstream:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
@@ -104,8 +109,8 @@ class Upstream:
                     return
                 if request is None:
                     return
-                if not self._respond(sock, conn, request, body):
-                    return
+                if not self._respond(sock, conn, request, body) or request.target == b"/bye":
+                    return  # /bye: answered as kept alive, then closed (an upstream's idle timeout)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
                 try:
@@ -166,10 +171,10 @@ class Upstream:
         else:
             doc["body"] = body.decode("utf-8", "replace")
         out = json.dumps(doc).encode()
-        sock.sendall(conn.send(h11.Response(status_code=200, headers=[
+        head = conn.send(h11.Response(status_code=200, headers=[
             (b"content-type", b"application/json"), (b"content-length", str(len(out)).encode()),
-            (b"connection", b"keep-alive"), (b"x-upstream", b"yes")])))
-        sock.sendall(conn.send(h11.Data(data=out)) + conn.send(h11.EndOfMessage()))
+            (b"connection", b"keep-alive"), (b"x-upstream", b"yes")]))
+        sock.sendall(head + conn.send(h11.Data(data=out)) + conn.send(h11.EndOfMessage()))
         return True
 
 

@@ -106,6 +106,19 @@ def test_slow_response_reaches_the_client_chunk_by_chunk(open_agent: RunningAgen
         assert b"transfer-encoding: chunked" in received.lower()
 
 
+def test_upstream_connections_are_reused_and_a_closed_one_is_not(open_agent: RunningAgent,
+                                                                   upstream: Upstream) -> None:
+    for target in ("/a", "/b", "/c"):  # three client connections, one upstream connection
+        responses, _ = exchange(open_agent.port, get(target), max_responses=1)
+        assert [r[0] for r in responses] == [200]
+    assert upstream.connections == 1
+    for target in ("/bye", "/after-bye", "/bye", "/after-bye-2"):  # the upstream drops its connection
+        responses, _ = exchange(open_agent.port, get(target), max_responses=1)
+        assert [r[0] for r in responses] == [200], target
+    assert [s.target for s in upstream.seen()] == ["/a", "/b", "/c", "/bye", "/after-bye", "/bye",
+                                                   "/after-bye-2"]
+
+
 def test_absolute_form_and_connect_are_refused(open_agent: RunningAgent, upstream: Upstream) -> None:
     for raw in (b"GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\n\r\n",
                 b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",

@@ -23,7 +23,7 @@ import ssl
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import h11
 
@@ -33,6 +33,7 @@ from blindbox.server.client_certificate import request_client_certificate_buffer
 from blindbox.server.evidence import EvidenceBusy, EvidenceService, parse_nonce_query
 from blindbox.server.framing import MAX_HEAD_BYTES, Refusal, check_head, head_end
 from blindbox.server.headers import client_response_headers, upstream_request_headers
+from blindbox.server.upstream import UpstreamPool
 
 _EVIDENCE = EVIDENCE_PATH.encode("ascii")
 #: Pipelined bytes buffered while a response is relayed; past this the client is not read.
@@ -64,6 +65,11 @@ class Site:
     auth: Authenticator
     upstream: tuple[str, int]
     limits: Limits = Limits()
+    pool: UpstreamPool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pool", UpstreamPool(
+            self.upstream, connect_timeout=self.limits.upstream_connect_timeout))
 
 
 class _Closed(Exception):
@@ -304,57 +310,93 @@ class ClientConnection:
         headers = upstream_request_headers(
             request.headers, client_ip=self.client_ip, chunked=chunked,
             principal=principal.digest if principal else None,
-            drop_authorization=principal is not None and principal.kind == "bearer",
-        )
+            drop_authorization=principal is not None and principal.kind == "bearer")
+        upstream_request = h11.Request(method=request.method, target=request.target, headers=headers,
+                                       http_version=b"1.1")
         body = _has_body(request)
-        try:
-            up = socket.create_connection(self.site.upstream, timeout=self.limits.upstream_connect_timeout)
-        except TimeoutError:
-            self._respond(conn, 504, {"error": "the upstream did not answer"}, close=body)
-            return not body
-        except OSError:
-            self._respond(conn, 502, {"error": "the upstream is unavailable"}, close=body)
-            return not body
-        with up:
-            up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for attempt in (1, 2):
+            try:
+                up, reused = self.site.pool.acquire()
+            except TimeoutError:
+                return self._upstream_error(conn, 504, body)
+            except OSError:
+                return self._upstream_error(conn, 502, body)
             upc = h11.Connection(h11.CLIENT)
             try:
-                self._send_upstream(up, upc, h11.Request(method=request.method, target=request.target,
-                                                         headers=headers, http_version=b"1.1"))
-                if conn.they_are_waiting_for_100_continue:
-                    self._send(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
-                while True:
-                    event = self._client_event(conn)
-                    if isinstance(event, h11.Data):
-                        self._send_upstream(up, upc, h11.Data(data=event.data))
-                    elif isinstance(event, h11.EndOfMessage):
-                        self._send_upstream(up, upc, h11.EndOfMessage())
-                        break
-                    else:
-                        raise _Closed
-                response = self._upstream_event(up, upc, conn, head=True)
+                response = self._forward_request(conn, up, upc, upstream_request)
             except _UpstreamFailed as failure:
-                close = conn.their_state is not h11.DONE
-                self._respond(conn, failure.status, {
-                    "error": "the upstream did not answer" if failure.status == 504
-                    else "the upstream is unavailable"}, close=close)
-                return not close
-            assert isinstance(response, h11.Response)
-            self._send(conn.send(h11.Response(
+                up.close()
+                # A kept-alive connection the upstream had just closed: retry once on a new one,
+                # only when nothing of the client's can have been consumed (no body).
+                if reused and attempt == 1 and not body and failure.status == 502:
+                    continue
+                return self._upstream_error(conn, failure.status, body)
+            except BaseException:
+                up.close()
+                raise
+            return self._relay_response(conn, up, upc, response)
+        raise AssertionError("unreachable")
+
+    def _upstream_error(self, conn: h11.Connection, status: int, body: bool) -> bool:
+        close = body and conn.their_state is not h11.DONE  # its body unread: the connection cannot go on
+        self._respond(conn, status, {"error": "the upstream did not answer" if status == 504
+                                     else "the upstream is unavailable"}, close=close)
+        return not close
+
+    def _forward_request(self, conn: h11.Connection, up: socket.socket, upc: h11.Connection,
+                         request: h11.Request) -> h11.Response:
+        """Send the request head and stream its body upstream; return the upstream's response head."""
+        self._send_upstream(up, upc, request)
+        if conn.they_are_waiting_for_100_continue:
+            self._send(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+        while True:
+            event = self._client_event(conn)
+            if isinstance(event, h11.Data):
+                self._send_upstream(up, upc, h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                self._send_upstream(up, upc, h11.EndOfMessage())
+                break
+            else:
+                raise _Closed
+        response = self._upstream_event(up, upc, conn, head=True)
+        assert isinstance(response, h11.Response)
+        return response
+
+    def _relay_response(self, conn: h11.Connection, up: socket.socket, upc: h11.Connection,
+                        response: h11.Response) -> bool:
+        """Stream the response to the client; the upstream connection is pooled again if clean."""
+        clean = False
+        try:
+            out = bytearray(conn.send(h11.Response(
                 status_code=response.status_code, headers=client_response_headers(response.headers),
                 reason=response.reason)) or b"")
             while True:
                 try:
-                    event = self._upstream_event(up, upc, conn, head=False)
+                    event = self._upstream_event(up, upc, conn, head=False, flush=out)
                 except _UpstreamFailed:
                     raise _Closed from None  # the response has begun: the client sees it cut short
                 if isinstance(event, h11.Data):
-                    self._send(conn.send(h11.Data(data=event.data)) or b"")
+                    out += conn.send(h11.Data(data=event.data)) or b""
                 elif isinstance(event, h11.EndOfMessage):
-                    self._send(conn.send(h11.EndOfMessage()) or b"")
+                    out += conn.send(h11.EndOfMessage()) or b""
+                    clean = (upc.our_state is h11.DONE and upc.their_state is h11.DONE
+                             and not upc.trailing_data[0])
+                    if clean:
+                        self.site.pool.release(up)
+                    self._flush(out)
                     return True
                 else:
                     raise _Closed
+                if len(out) >= self.limits.chunk:
+                    self._flush(out)
+        finally:
+            if not clean:
+                up.close()
+
+    def _flush(self, out: bytearray) -> None:
+        if out:
+            self._send(bytes(out))
+            out.clear()
 
     def _send_upstream(self, up: socket.socket, upc: h11.Connection, event: h11.Event) -> None:
         try:
@@ -366,14 +408,20 @@ class ClientConnection:
             raise _UpstreamFailed(502) from None
 
     def _upstream_event(self, up: socket.socket, upc: h11.Connection, conn: h11.Connection, *,
-                        head: bool) -> object:
-        """The upstream's next response event, watching the client for a disconnect meanwhile."""
+                        head: bool, flush: bytearray | None = None) -> object:
+        """The upstream's next response event, watching the client for a disconnect meanwhile.
+
+        ``flush``: bytes for the client, sent before waiting for the upstream (so a slow
+        response reaches the client as produced, and a fast one leaves in few records).
+        """
         while True:
             try:
                 event = upc.next_event()
             except h11.RemoteProtocolError:
                 raise _UpstreamFailed(502) from None
             if event is h11.NEED_DATA:
+                if flush:
+                    self._flush(flush)
                 upc.receive_data(self._upstream_recv(up, conn))
                 continue
             if isinstance(event, h11.InformationalResponse):
