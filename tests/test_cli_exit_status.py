@@ -117,7 +117,7 @@ def test_docs_render_the_same_contract() -> None:
     page = _hook().render()
     for code, meaning in EXIT_STATUSES:
         assert f"| {code} | {meaning[0].upper() + meaning[1:]} |" in page
-    assert page.count("Exit status: see [Exit statuses](#exit-statuses).") == 8  # every (sub)command
+    assert page.count("Exit status: see [Exit statuses](#exit-statuses).") == 9  # every (sub)command
     assert "## Exit statuses" in page and EXIT_EPILOG not in page
 
 

@@ -43,12 +43,13 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], *
     parser.add_argument("--upstream", required=True, metavar="URL",
                         help="the application, http://HOST:PORT (inside the VM, e.g. http://127.0.0.1:8000)")
     parser.add_argument("--listen", default="0.0.0.0:8443", metavar="HOST:PORT",
-                        help="where to listen (default 0.0.0.0:8443; port 0 picks a free port)")
+                        help="where to listen; port 0 picks a free port")
     parser.add_argument("--owner-policy", metavar="FILE",
                         help="the data-owner policy document to serve, bind and enforce")
     parser.add_argument("--backend", default="auto",
                         choices=("auto", "configfs-tsm", "sev-guest", "simulator"),
-                        help="where reports come from (default auto: configfs-tsm, then /dev/sev-guest)")
+                        help="where reports come from; auto tries configfs-tsm, then /dev/sev-guest, "
+                        "never the simulator")
     parser.add_argument("--name", action="append", default=[], metavar="DNS_OR_IP",
                         help="a name for the TLS certificate; repeatable (default: the listen address)")
     parser.add_argument("--kds", metavar="PRODUCT", choices=("milan", "genoa", "turin"),
@@ -58,7 +59,7 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], *
     parser.add_argument("--roots-out", metavar="FILE",
                         help="simulator only: write the test roots clients must pass as roots=")
     parser.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
-                        help="on SIGTERM/SIGINT, how long in-flight requests may take (default 10)")
+                        help="on SIGTERM/SIGINT, how long in-flight requests may take to finish")
 
 
 def _err(line: str) -> None:
