@@ -6,8 +6,10 @@ import hashlib
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import responses
 
 from blindbox.attest.binding import check_binding
 from blindbox.attest.evidence import Evidence
@@ -18,6 +20,11 @@ from blindbox.server.framing import MAX_HEAD_BYTES, Refusal, check_head, head_en
 from blindbox.server.headers import client_response_headers, upstream_request_headers
 from blindbox.server.tls import TlsIdentity
 from blindbox.snp import verify_report
+from blindbox.snp.kds import KdsClient, cert_chain_url, vcek_url
+from blindbox.snp.product import Product
+from blindbox.snp.report import AttestationReport
+from blindbox.testing.backend import SimulatedBackend
+from blindbox.testing.evidence import DEMO_MEASUREMENT
 from tests.agent_support import BACKEND, TOKEN, TOKEN_SHA256, policy
 
 GOOD = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
@@ -204,3 +211,27 @@ def test_the_key_is_not_in_repr_and_its_memory_file_is_closed_at_once() -> None:
     context = identity.server_context()
     assert context is not None
     assert not [link for link in _fd_links() if "blindbox-tls" in link]
+
+
+def test_certificates_fetched_from_kds_once_are_served_when_the_host_attaches_none(tmp_path: Path) -> None:
+    from blindbox._serve_cli import kds_certificates
+    from blindbox.server.evidence import pem_certificate
+
+    bare = SimulatedBackend.create(DEMO_MEASUREMENT, certificates=False)
+    table = BACKEND.get_report(bytes(64)).certificates  # what AMD KDS would serve for this chip
+    report = AttestationReport.from_bytes(bare.get_report(bytes(64)).report)
+    with responses.RequestsMock() as mock:
+        mock.get(vcek_url(Product.MILAN, report.chip_id, report.reported_tcb), body=table["vcek"])
+        mock.get(cert_chain_url(Product.MILAN),
+                 body=pem_certificate(table["ask"]) + pem_certificate(table["ark"]))
+        fetched = kds_certificates("milan", bare, KdsClient(cache_dir=tmp_path))
+        assert len(mock.calls) == 2
+    assert set(fetched) == {"vcek", "ask", "ark"}
+    identity = TlsIdentity.generate()
+    service = EvidenceService(bare, spki_der=identity.spki_der, policy=None, certificates=fetched)
+    nonce = os.urandom(32)
+    evidence = Evidence.from_json(service.document(nonce))
+    assert dict(evidence.certificates) == fetched
+    result = verify_report(evidence.report, certificates=dict(evidence.certificates), roots=BACKEND.roots_pem)
+    check_binding(result.report.report_data, identity.spki_der, None, nonce)
+    assert kds_certificates("milan", BACKEND, KdsClient(cache_dir=tmp_path, offline=True)) == {}

@@ -17,12 +17,16 @@ import sys
 import urllib.parse
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blindbox._text import shown
 from blindbox.attest.owner_policy import MAX_POLICY_BYTES, OwnerPolicy
 from blindbox.errors import ConfigurationError
 from blindbox.server.backends.base import ReportBackend
+from blindbox.snp.report import SigningKey
+
+if TYPE_CHECKING:
+    from blindbox.snp.kds import KdsClient
 
 _PROG = "blindbox serve"
 _SIMULATED = ("WARNING: --backend simulator: this evidence is SIMULATED, signed by BlindBox's TEST keys, "
@@ -124,10 +128,12 @@ def _backend(args: argparse.Namespace) -> ReportBackend:
     return simulated
 
 
-def _kds_certificates(product: str, backend: ReportBackend) -> dict[str, str]:
-    """VCEK (for this chip and TCB), ASK and ARK from AMD KDS, as PEM, for a backend that attaches none."""
-    from blindbox.server.evidence import certificates_pem
-    from blindbox.snp.kds import KdsClient
+def kds_certificates(product: str, backend: ReportBackend, kds: KdsClient) -> dict[str, str]:
+    """VCEK (for this chip and TCB), ASK and ARK from AMD KDS, as PEM, for a backend that attaches none.
+
+    Fetched once, at start; a backend whose table has certificates needs none (empty result).
+    """
+    from blindbox.server.evidence import certificates_pem, pem_certificate
     from blindbox.snp.product import Product
     from blindbox.snp.report import AttestationReport
 
@@ -135,18 +141,13 @@ def _kds_certificates(product: str, backend: ReportBackend) -> dict[str, str]:
     if certificates_pem(raw):
         return {}
     report = AttestationReport.from_bytes(raw.report)
-    kds = KdsClient(on_fetch=lambda what, url: _err(f"fetching {what} from {url}"))
+    if report.signing_key is not SigningKey.VCEK:
+        raise ConfigurationError("--kds: the reports are signed by a VLEK, which AMD KDS does not serve; "
+                                 "the host must attach it (certificate table)")
     chosen = Product[product.upper()]
     vcek = kds.vcek(chosen, report.chip_id, report.reported_tcb)
     ask, ark = kds.cert_chain(chosen, report.signing_key)
-    return {name: _pem(cert.der) for name, cert in (("vcek", vcek), ("ask", ask), ("ark", ark))}
-
-
-def _pem(der: bytes) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode("ascii")
+    return {name: pem_certificate(cert.der) for name, cert in (("vcek", vcek), ("ask", ask), ("ark", ark))}
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -163,7 +164,12 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--grace: expected 0..3600 seconds, found {args.grace!r}")
     policy = _load_policy(args.owner_policy) if args.owner_policy else None
     backend = _backend(args)
-    certificates = _kds_certificates(args.kds, backend) if args.kds else {}
+    certificates: dict[str, str] = {}
+    if args.kds:
+        from blindbox.snp.kds import KdsClient
+
+        kds = KdsClient(on_fetch=lambda what, url: _err(f"fetching {what} from {url}"))
+        certificates = kds_certificates(args.kds, backend, kds)
     names = args.name or [host]
     for name in names:
         try:

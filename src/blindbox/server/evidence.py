@@ -34,12 +34,14 @@ class EvidenceBusy(Exception):
         self.retry_after = retry_after
 
 
+def pem_certificate(der: bytes) -> str:
+    """One DER certificate as the PEM string protocol v1 serves."""
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
 def certificates_pem(raw: RawEvidence) -> dict[str, str]:
     """The known certificates of a backend's certificate table, as PEM strings by name."""
-    return {
-        name: x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode("ascii")
-        for name, der in raw.certificates.items()
-    }
+    return {name: pem_certificate(der) for name, der in raw.certificates.items()}
 
 
 def parse_nonce_query(query: str) -> bytes | None:
