@@ -216,7 +216,7 @@ class RunningAgent:
 @contextmanager
 def running_agent(upstream_port: int, owner_policy: OwnerPolicy | None = None,
                   limits: Limits | None = None, max_waiting: int = 8,
-                  backend: ReportBackend = BACKEND) -> Iterator[RunningAgent]:
+                  backend: ReportBackend = BACKEND, **agent_options: int) -> Iterator[RunningAgent]:
     """An :class:`Agent` serving in a thread, with the simulator backend unless told otherwise."""
     identity = TlsIdentity.generate()
     evidence = EvidenceService(backend, spki_der=identity.spki_der,
@@ -224,7 +224,7 @@ def running_agent(upstream_port: int, owner_policy: OwnerPolicy | None = None,
                                max_waiting=max_waiting)
     site = Site(evidence=evidence, auth=Authenticator(owner_policy), upstream=("127.0.0.1", upstream_port),
                 limits=limits or Limits())
-    agent = Agent(identity, site, host="127.0.0.1", port=0)
+    agent = Agent(identity, site, host="127.0.0.1", port=0, **agent_options)
     thread = threading.Thread(target=agent.serve_forever, daemon=True)
     thread.start()
     try:
@@ -234,14 +234,15 @@ def running_agent(upstream_port: int, owner_policy: OwnerPolicy | None = None,
         thread.join(timeout=5)
 
 
-def tls_client(port: int, *, cert: tuple[str, str] | None = None) -> ssl.SSLSocket:
+def tls_client(port: int, *, cert: tuple[str, str] | None = None, source: str = "127.0.0.1") -> ssl.SSLSocket:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     if cert is not None:
         ctx.post_handshake_auth = True
         ctx.load_cert_chain(*cert)
-    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10,
+                                                    source_address=(source, 0)))
     return sock
 
 

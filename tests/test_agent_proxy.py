@@ -339,3 +339,20 @@ def test_slowloris_heads_are_cut_off_and_do_not_starve_others(upstream: Upstream
             assert sock.recv(100) == b""  # closed by the head deadline
             sock.close()
     assert [s.target for s in upstream.seen()] == ["/fast"]
+
+
+def test_one_address_cannot_take_every_connection_slot(upstream: Upstream) -> None:
+    with running_agent(upstream.port, limits=Limits(head_timeout=5.0), max_per_client=4) as agent:
+        held = [tls_client(agent.port, source="127.0.0.2") for _ in range(4)]
+        for sock in held:
+            sock.sendall(b"GET / HTTP/1.1\r\n")  # slowloris: a head that never ends
+        with pytest.raises((OSError, ConnectionError)):  # a fifth from that address is refused at once
+            extra = tls_client(agent.port, source="127.0.0.2")
+            extra.settimeout(3)
+            if extra.recv(1) == b"":
+                raise ConnectionError("closed")
+        responses, _ = exchange(agent.port, get("/other-client"), max_responses=1)  # 127.0.0.1
+        assert [r[0] for r in responses] == [200]
+        for sock in held:
+            sock.close()
+    assert [s.target for s in upstream.seen()] == ["/other-client"]

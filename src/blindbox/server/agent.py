@@ -1,8 +1,9 @@
 """The enclave agent's listener: TLS on one port, one thread per connection, a bounded number of them.
 
 Concurrency model: blocking sockets, a thread per connection, at most
-``max_connections`` at once (a connection past the bound is closed at once
-rather than queued, so waiting clients do not pile up unseen). CPython's
+``max_connections`` at once and ``max_per_client`` from one client address (a
+connection past a bound is closed at once rather than queued, so waiting
+clients do not pile up unseen, and one address cannot take every slot). CPython's
 ``ssl`` and ``socket`` release the GIL for every read, write and handshake, so
 the threads overlap on I/O and crypto; blocking code keeps TLS 1.3
 post-handshake authentication (:mod:`blindbox.server.client_certificate`)
@@ -31,7 +32,7 @@ class Agent:
     """A bound, not yet serving, agent. :meth:`serve_forever` runs it; :meth:`stop` ends it."""
 
     def __init__(self, identity: TlsIdentity, site: Site, *, host: str, port: int,
-                 max_connections: int = 512, backlog: int = 1024) -> None:
+                 max_connections: int = 512, max_per_client: int = 64, backlog: int = 1024) -> None:
         self.site = site
         self.context = identity.server_context()
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -41,6 +42,8 @@ class Agent:
         self._listener = socket.create_server((host, port), family=family, backlog=backlog,
                                               reuse_port=False)
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._max_per_client = max_per_client
+        self._per_client: dict[str, int] = {}
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: set[threading.Thread] = set()
@@ -65,13 +68,33 @@ class Agent:
                         break
                     time.sleep(0.05)  # e.g. EMFILE: let connections finish
                     continue
-                if not self._slots.acquire(blocking=False):
+                client_ip = str(peer[0])
+                if not self._admit(client_ip):
                     sock.close()
                     continue
-                self._start(sock, str(peer[0]))
+                self._start(sock, client_ip)
         finally:
             self._listener.close()
             self._stopped.set()
+
+    def _admit(self, client_ip: str) -> bool:
+        """Take a connection slot, globally and for this client address, or refuse."""
+        with self._lock:
+            if self._per_client.get(client_ip, 0) >= self._max_per_client:
+                return False
+            if not self._slots.acquire(blocking=False):
+                return False
+            self._per_client[client_ip] = self._per_client.get(client_ip, 0) + 1
+            return True
+
+    def _release(self, client_ip: str) -> None:
+        with self._lock:
+            left = self._per_client[client_ip] - 1
+            if left:
+                self._per_client[client_ip] = left
+            else:
+                del self._per_client[client_ip]
+            self._slots.release()
 
     def _start(self, sock: socket.socket, client_ip: str) -> None:
         try:
@@ -79,7 +102,7 @@ class Agent:
             tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError):
             sock.close()
-            self._slots.release()
+            self._release(client_ip)
             return
         thread = threading.Thread(target=self._run, args=(tls, client_ip), daemon=True,
                                   name=f"blindbox-conn-{client_ip}")
@@ -91,7 +114,7 @@ class Agent:
         try:
             ClientConnection(tls, client_ip, self.site, self._stopping).run()
         finally:
-            self._slots.release()
+            self._release(client_ip)
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
