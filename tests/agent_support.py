@@ -40,6 +40,14 @@ OTHER_TOKEN = "not-listed-token"
 BACKEND = SimulatedBackend.create(DEMO_MEASUREMENT)
 
 
+RAW_RESPONSES = {
+    "/garbage": b"NOT HTTP AT ALL\r\n\r\n",
+    "/te-and-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\n\r\n",
+    "/cut": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
+}
+
+
 @dataclass(frozen=True)
 class Seen:
     """A request head as the upstream saw it (body size only)."""
@@ -155,6 +163,9 @@ class Upstream:
                 closed = True
             if closed:
                 self.disconnected.set()
+            return False
+        if path in RAW_RESPONSES:  # a misbehaving upstream, byte for byte
+            sock.sendall(RAW_RESPONSES[path])
             return False
         if path.startswith("/slow"):
             sock.sendall(conn.send(h11.Response(status_code=200, headers=[(b"content-type", b"text/plain")])))

@@ -311,6 +311,16 @@ def test_upstream_down_is_502_without_internals_then_recovers() -> None:
             upstream.close()
 
 
+def test_a_misbehaving_upstream_is_502_or_reframed(open_agent: RunningAgent, upstream: Upstream) -> None:
+    responses, closed = exchange(open_agent.port, get("/garbage"), max_responses=1)
+    assert [r[0] for r in responses] == [502] and not closed
+    responses, _ = exchange(open_agent.port, get("/te-and-cl"), max_responses=1)
+    assert [(r[0], r[2]) for r in responses] == [(200, b"hello")]  # by its chunks, not its length
+    assert "content-length" not in responses[0][1]
+    responses, closed = exchange(open_agent.port, get("/cut"), max_responses=1)
+    assert responses == [] and closed  # cut short, never completed as if whole
+
+
 def test_upstream_timeout_is_504_and_client_disconnects_reach_the_upstream(upstream: Upstream) -> None:
     with running_agent(upstream.port, limits=Limits(upstream_timeout=1.0)) as agent:
         responses, _ = exchange(agent.port, get("/hang"), max_responses=1)

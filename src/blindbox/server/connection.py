@@ -35,6 +35,7 @@ from blindbox.server.framing import MAX_HEAD_BYTES, Refusal, check_head, head_en
 from blindbox.server.headers import client_response_headers, upstream_request_headers
 from blindbox.server.upstream import UpstreamPool
 
+log = logging.getLogger("blindbox.server")
 _EVIDENCE = EVIDENCE_PATH.encode("ascii")
 #: Pipelined bytes buffered while a response is relayed; past this the client is not read.
 _MAX_PIPELINED = 256 * 1024
@@ -151,6 +152,8 @@ class ClientConnection:
                     break
         except _Closed:
             pass
+        except Exception:  # a bug: logged for the operator (no request data), the connection dropped
+            log.exception("connection from %s failed", self.client_ip)
         finally:
             self._close()
 
@@ -288,7 +291,7 @@ class ClientConnection:
                           [(b"retry-after", str(busy.retry_after).encode())], close=close)
             return not close
         except Exception:  # a backend failure: the operator's log says why, the client only that it failed
-            logging.getLogger("blindbox.server").exception("evidence: the report backend failed")
+            log.exception("evidence: the report backend failed")
             self._respond(conn, 503, {"error": "evidence is unavailable"}, [(b"retry-after", b"5")],
                           close=True)
             return False
@@ -367,28 +370,31 @@ class ClientConnection:
         """Stream the response to the client; the upstream connection is pooled again if clean."""
         clean = False
         try:
-            out = bytearray(conn.send(h11.Response(
-                status_code=response.status_code, headers=client_response_headers(response.headers),
-                reason=response.reason)) or b"")
+            try:
+                out = bytearray(conn.send(h11.Response(
+                    status_code=response.status_code, headers=client_response_headers(response.headers),
+                    reason=response.reason)) or b"")
+            except h11.LocalProtocolError:  # a head h11 will not write (e.g. a status below 200)
+                return self._upstream_error(conn, 502, False)
             while True:
                 try:
                     event = self._upstream_event(up, upc, conn, head=False, flush=out)
-                except _UpstreamFailed:
-                    raise _Closed from None  # the response has begun: the client sees it cut short
-                if isinstance(event, h11.Data):
-                    out += conn.send(h11.Data(data=event.data)) or b""
-                elif isinstance(event, h11.EndOfMessage):
+                    if isinstance(event, h11.Data):
+                        out += conn.send(h11.Data(data=event.data)) or b""
+                        if len(out) >= self.limits.chunk:
+                            self._flush(out)
+                        continue
+                    if not isinstance(event, h11.EndOfMessage):
+                        raise _Closed
                     out += conn.send(h11.EndOfMessage()) or b""
-                    clean = (upc.our_state is h11.DONE and upc.their_state is h11.DONE
-                             and not upc.trailing_data[0])
-                    if clean:
-                        self.site.pool.release(up)
-                    self._flush(out)
-                    return True
-                else:
-                    raise _Closed
-                if len(out) >= self.limits.chunk:
-                    self._flush(out)
+                except (_UpstreamFailed, h11.LocalProtocolError):
+                    raise _Closed from None  # the response has begun: the client sees it cut short
+                clean = (upc.our_state is h11.DONE and upc.their_state is h11.DONE
+                         and not upc.trailing_data[0])
+                if clean:
+                    self.site.pool.release(up)
+                self._flush(out)
+                return True
         finally:
             if not clean:
                 up.close()

@@ -55,5 +55,11 @@ def upstream_request_headers(headers: Headers, *, client_ip: str, chunked: bool,
 
 
 def client_response_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
-    """The upstream response's headers to send the client (h11 frames the body itself)."""
-    return _end_to_end(headers)
+    """The upstream response's headers to send the client (h11 frames the body itself).
+
+    A response that came chunked loses any ``Content-Length`` too (h11 read it by its
+    chunks, RFC 9112 §6.3), so the client's framing is the one the body really had.
+    """
+    chunked = any(name == b"transfer-encoding" for name, _ in headers)
+    return [(name, value) for name, value in _end_to_end(headers)
+            if not (chunked and name == b"content-length")]
