@@ -81,6 +81,7 @@ class Upstream:
         self._sock = socket.create_server(("127.0.0.1", self.port))
         self.port = self._sock.getsockname()[1]
         self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -93,8 +94,16 @@ class Upstream:
             return list(self.log)
 
     def close(self) -> None:
+        """Stop as a killed process would: the listener and every open connection go at once."""
         self._stop = True
-        self._sock.close()
+        with self._lock:
+            open_sockets, self._open = list(self._open), set()
+        for sock in [self._sock, *open_sockets]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept() or recv()
+            except OSError:
+                pass
+            sock.close()
 
     def _accept(self) -> None:
         while not self._stop:
@@ -105,6 +114,7 @@ class Upstream:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self.connections += 1
+                self._open.add(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
@@ -117,7 +127,11 @@ class Upstream:
                     return
                 if request is None:
                     return
-                if not self._respond(sock, conn, request, body) or request.target == b"/bye":
+                try:
+                    answered = self._respond(sock, conn, request, body)
+                except OSError:  # the agent went away, or close() shut this connection
+                    return
+                if not answered or request.target == b"/bye":
                     return  # /bye: answered as kept alive, then closed (an upstream's idle timeout)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return

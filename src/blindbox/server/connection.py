@@ -352,15 +352,13 @@ class ClientConnection:
         self._send_upstream(up, upc, request)
         if conn.they_are_waiting_for_100_continue:
             self._send(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
-        while True:
+        while conn.their_state is not h11.DONE:  # DONE already on a retry of a bodiless request
             event = self._client_event(conn)
             if isinstance(event, h11.Data):
                 self._send_upstream(up, upc, h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                self._send_upstream(up, upc, h11.EndOfMessage())
-                break
-            else:
+            elif not isinstance(event, h11.EndOfMessage):
                 raise _Closed
+        self._send_upstream(up, upc, h11.EndOfMessage())
         response = self._upstream_event(up, upc, conn, head=True)
         assert isinstance(response, h11.Response)
         return response
