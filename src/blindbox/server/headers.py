@@ -44,7 +44,8 @@ def upstream_request_headers(headers: Headers, *, client_ip: str, chunked: bool,
     ``chunked``: the client's body is chunked (the agent re-chunks it upstream).
     """
     out = [(name, value) for name, value in _end_to_end(headers)
-           if name not in _AGENT_SET and not (drop_authorization and name == b"authorization")]
+           if name not in _AGENT_SET and b"_" not in name
+           and not (drop_authorization and name == b"authorization")]
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
     out.append((b"x-forwarded-for", client_ip.encode("ascii")))
