@@ -60,14 +60,14 @@ EXIT_INTERRUPTED = 130
 
 #: The exit statuses of every ``blindbox`` command: one contract a script can rely on.
 EXIT_STATUSES: tuple[tuple[int, str], ...] = (
-    (EXIT_OK, "verified (measure, fixture: done)"),
+    (EXIT_OK, "verified (measure, fixture: done; serve: stopped cleanly)"),
     (EXIT_REFUSED, "refused: the evidence is not genuine, the enclave runs other code, or a policy "
                    "or requirement is not met"),
     (EXIT_USAGE, "usage error or unreadable input"),
     (EXIT_UNTRUSTED_INPUT, "a trust input failed verification: the manifest's signature, identity, "
                            "freshness or rollback check"),
-    (EXIT_INCOMPLETE, "could not complete: network, AMD KDS, offline cache miss (neither verified "
-                      "nor refused)"),
+    (EXIT_INCOMPLETE, "could not complete: network, AMD KDS, offline cache miss, no usable report "
+                      "interface (neither verified nor refused)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
 )
 EXIT_EPILOG = "exit status (the same for every command):\n" + "\n".join(
