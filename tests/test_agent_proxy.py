@@ -226,6 +226,16 @@ def test_a_listed_token_passes_and_is_replaced_by_the_principal(scheme: str, spa
     assert seen.header("x_blindbox_principal") == []  # a WSGI upstream would read it as the same header
 
 
+def test_http_1_0_is_checked_and_forwarded_with_a_host(locked_agent: RunningAgent,
+                                                       upstream: Upstream) -> None:
+    raw = f"GET /old HTTP/1.0\r\n{AUTH}\r\n\r\n".encode()
+    responses, closed = exchange(locked_agent.port, raw, max_responses=1)
+    assert [r[0] for r in responses] == [200] and closed  # HTTP/1.0: one request per connection
+    (seen,) = upstream.seen()
+    assert seen.header("host") == [f"127.0.0.1:{upstream.port}"]
+    assert seen.header("x-blindbox-principal") == [TOKEN_SHA256]
+
+
 def test_two_authorization_headers_are_400(locked_agent: RunningAgent, upstream: Upstream) -> None:
     other = f"Authorization: Bearer {OTHER_TOKEN}"
     for raw in (get("/secret", AUTH, other), get("/secret", other, AUTH), get("/secret", AUTH, AUTH)):

@@ -313,7 +313,8 @@ class ClientConnection:
         headers = upstream_request_headers(
             request.headers, client_ip=self.client_ip, chunked=chunked,
             principal=principal.digest if principal else None,
-            drop_authorization=principal is not None and principal.kind == "bearer")
+            drop_authorization=principal is not None and principal.kind == "bearer",
+            default_host=f"{self.site.upstream[0]}:{self.site.upstream[1]}".encode("idna"))
         upstream_request = h11.Request(method=request.method, target=request.target, headers=headers,
                                        http_version=b"1.1")
         body = _has_body(request)
@@ -341,7 +342,7 @@ class ClientConnection:
         raise AssertionError("unreachable")
 
     def _upstream_error(self, conn: h11.Connection, status: int, body: bool) -> bool:
-        close = body and conn.their_state is not h11.DONE  # its body unread: the connection cannot go on
+        close = body and conn.their_state is h11.SEND_BODY  # its body unread: the connection cannot go on
         self._respond(conn, status, {"error": "the upstream did not answer" if status == 504
                                      else "the upstream is unavailable"}, close=close)
         return not close
@@ -352,7 +353,7 @@ class ClientConnection:
         self._send_upstream(up, upc, request)
         if conn.they_are_waiting_for_100_continue:
             self._send(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
-        while conn.their_state is not h11.DONE:  # DONE already on a retry of a bodiless request
+        while conn.their_state is h11.SEND_BODY:  # read already on a retry of a bodiless request
             event = self._client_event(conn)
             if isinstance(event, h11.Data):
                 self._send_upstream(up, upc, h11.Data(data=event.data))

@@ -38,14 +38,18 @@ def _end_to_end(headers: Headers) -> list[tuple[bytes, bytes]]:
 
 
 def upstream_request_headers(headers: Headers, *, client_ip: str, chunked: bool,
-                             principal: str | None, drop_authorization: bool) -> list[tuple[bytes, bytes]]:
+                             principal: str | None, drop_authorization: bool,
+                             default_host: bytes = b"localhost") -> list[tuple[bytes, bytes]]:
     """The headers to send upstream for a client request with ``headers`` (names lowercase).
 
     ``chunked``: the client's body is chunked (the agent re-chunks it upstream).
+    ``default_host``: the ``Host`` for an HTTP/1.0 request that had none (HTTP/1.1 needs one).
     """
     out = [(name, value) for name, value in _end_to_end(headers)
            if name not in _AGENT_SET and b"_" not in name
            and not (drop_authorization and name == b"authorization")]
+    if not any(name == b"host" for name, _ in out):
+        out.insert(0, (b"host", default_host))
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
     out.append((b"x-forwarded-for", client_ip.encode("ascii")))
