@@ -199,7 +199,8 @@ class Upstream:
         head = conn.send(h11.Response(status_code=200, headers=[
             (b"content-type", b"application/json"), (b"content-length", str(len(out)).encode()),
             (b"connection", b"keep-alive"), (b"x-upstream", b"yes")]))
-        sock.sendall(head + conn.send(h11.Data(data=out)) + conn.send(h11.EndOfMessage()))
+        body_bytes = conn.send(h11.Data(data=out)) if request.method != b"HEAD" else b""
+        sock.sendall(head + body_bytes + conn.send(h11.EndOfMessage()))
         return True
 
 

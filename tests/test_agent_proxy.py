@@ -78,6 +78,14 @@ def test_keep_alive_and_forwarding_headers(open_agent: RunningAgent, upstream: U
     assert responses[0][1].get("x-upstream") == "yes"
 
 
+def test_head_requests_are_forwarded_without_a_body(open_agent: RunningAgent, upstream: Upstream) -> None:
+    raw = b"HEAD /h HTTP/1.1\r\nHost: e\r\n\r\n" * 2
+    responses, closed = exchange(open_agent.port, raw, method=b"HEAD", max_responses=2)
+    assert [(r[0], r[2]) for r in responses] == [(200, b""), (200, b"")] and not closed
+    assert int(responses[0][1]["content-length"]) > 0  # the upstream's length for a GET, kept
+    assert [(s.method, s.target) for s in upstream.seen()] == [("HEAD", "/h")] * 2
+
+
 def test_chunked_upload_is_rechunked_and_100_continue_is_answered(open_agent: RunningAgent,
                                                                    upstream: Upstream) -> None:
     sock = tls_client(open_agent.port)
