@@ -264,16 +264,43 @@ def test_pipelined_and_keep_alive_requests_are_each_checked(locked_agent: Runnin
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
-def test_an_unauthenticated_body_is_never_forwarded_and_the_connection_closes(
-        framing: str, locked_agent: RunningAgent, upstream: Upstream) -> None:
+def test_an_unauthenticated_body_is_dropped_never_forwarded(framing: str, locked_agent: RunningAgent,
+                                                            upstream: Upstream) -> None:
     body = b"patient records"
     if framing == "chunked":
         raw = b"POST /secret HTTP/1.1\r\nHost: e\r\nTransfer-Encoding: chunked\r\n\r\n" \
               + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
     else:
         raw = f"POST /secret HTTP/1.1\r\nHost: e\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
-    responses, closed = exchange(locked_agent.port, raw + get("/next", AUTH), method=b"POST")
-    assert [r[0] for r in responses] == [401] and closed
+    responses, closed = exchange(locked_agent.port, raw + get("/next", AUTH), method=b"POST", max_responses=2)
+    # The body was read and dropped, so the connection goes on to the next (authenticated) request.
+    assert [r[0] for r in responses] == [401, 200] and not closed
+    assert [s.target for s in upstream.seen()] == ["/next"]
+
+
+def test_a_large_unauthenticated_body_or_an_expect_ends_the_connection(upstream: Upstream) -> None:
+    with running_agent(upstream.port, policy(), limits=Limits(discard_limit=64 * 1024)) as agent:
+        big = 1024 * 1024
+        sock = tls_client(agent.port)
+        with sock:
+            sock.sendall(f"POST /secret HTTP/1.1\r\nHost: e\r\nContent-Length: {big}\r\n\r\n".encode())
+            sent = 0
+            try:
+                while sent < big:
+                    sock.sendall(b"x" * 65536)
+                    sent += 65536
+            except OSError:
+                pass  # the agent stopped reading past its discard limit and closed
+            data = b""
+            try:
+                while chunk := sock.recv(65536):
+                    data += chunk
+            except OSError:
+                pass
+        assert data == b"" or (data.startswith(b"HTTP/1.1 401 ") and b"connection: close" in data.lower())
+        raw = b"POST /secret HTTP/1.1\r\nHost: e\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        responses, closed = exchange(agent.port, raw, method=b"POST")
+        assert [r[0] for r in responses] == [401] and closed  # no 100 Continue: the body never comes
     assert upstream.seen() == []
 
 

@@ -55,6 +55,7 @@ class Limits:
     upstream_timeout: float = 60.0  # the upstream's response head, and each read of its body
     certificate_timeout: float = 10.0  # a client's answer to a certificate request
     certificate_buffer: int = 1024 * 1024  # request bytes held while the client's answer is awaited
+    discard_limit: int = 8 * 1024 * 1024  # body bytes read and dropped to answer a refused request
     chunk: int = 64 * 1024
 
 
@@ -224,14 +225,14 @@ class ClientConnection:
         if not target.startswith(b"/"):
             raise Refusal(400, "only origin-form request targets (/path) are accepted")
         path, _, query = target.partition(b"?")
-        body = _has_body(request)
         if path == _EVIDENCE:
-            return self._evidence(conn, request, query, close=body)
+            return self._evidence(conn, request, query, close=not self._drain(conn))
         principal = self._admit(conn, request)
         if principal is False:
+            keep = self.reusable and self._drain(conn)  # its body is read and dropped, never forwarded
             self._respond(conn, 401, {"error": "authentication required"},
-                          [(b"www-authenticate", b"Bearer")], close=body or not self.reusable)
-            return not body and self.reusable
+                          [(b"www-authenticate", b"Bearer")], close=not keep)
+            return keep
         return self._proxy(conn, request, principal if isinstance(principal, Principal) else None)
 
     def _admit(self, conn: h11.Connection, request: h11.Request) -> Principal | bool:
@@ -251,6 +252,25 @@ class ClientConnection:
                     self.reusable = False
             principal = auth.certificate(self.certificate)
         return principal if principal is not None else False
+
+    def _drain(self, conn: h11.Connection) -> bool:
+        """Read and drop the rest of a request's body before answering it without the upstream.
+
+        True when the body ended (the connection can go on); False when it is over
+        :attr:`Limits.discard_limit`, or the client waits for ``100 Continue``
+        (it will send none then): answer with ``Connection: close``. A client still
+        sending when the connection closes would see a reset, not the answer.
+        """
+        dropped = 0
+        while conn.their_state is h11.SEND_BODY:
+            if conn.they_are_waiting_for_100_continue or dropped > self.limits.discard_limit:
+                return False
+            event = self._client_event(conn)
+            if isinstance(event, h11.Data):
+                dropped += len(event.data)
+            elif not isinstance(event, h11.EndOfMessage):
+                raise _Closed
+        return True
 
     # -- answers made by the agent
 
@@ -342,7 +362,7 @@ class ClientConnection:
         raise AssertionError("unreachable")
 
     def _upstream_error(self, conn: h11.Connection, status: int, body: bool) -> bool:
-        close = body and conn.their_state is h11.SEND_BODY  # its body unread: the connection cannot go on
+        close = body and not self._drain(conn)  # its body unread: the connection cannot go on
         self._respond(conn, status, {"error": "the upstream did not answer" if status == 504
                                      else "the upstream is unavailable"}, close=close)
         return not close
