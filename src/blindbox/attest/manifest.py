@@ -449,9 +449,11 @@ def _requirements(value: object, path: str) -> PolicyRequirements:
             ports = rule["ports"]
             if not isinstance(ports, list) or not ports:
                 _fail(f"{where}.ports", "a non-empty array of port numbers", ports)
+            seen_ports: set[int] = set()  # a set, not ports[:index]: linear in the number of ports
             for port_index, port in enumerate(ports):
-                if type(port) is not int or not 1 <= port <= 65535 or port in ports[:port_index]:
+                if type(port) is not int or not 1 <= port <= 65535 or port in seen_ports:
                     _fail(f"{where}.ports[{port_index}]", "a port from 1 to 65535 not listed before", port)
+                seen_ports.add(port)
                 destinations.append((host, port))
     try:
         return PolicyRequirements(

@@ -165,7 +165,7 @@ def _parse_crl(data: bytes) -> RevocationList:
             parse_time(items[1])
             if len(items) == 3:
                 _extensions(items[2], "CRL entry")
-            revoked.add(der.as_int(items[0]))
+            revoked.add(der.as_int(items[0], der.MAX_SERIAL_BITS))
     if rest and rest[0].tag == 0xA0:
         _extensions(der.read_single(rest.pop(0).content), "CRL")
     if rest:
