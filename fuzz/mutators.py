@@ -121,7 +121,16 @@ def mutate_der(data: bytes, rng: random.Random, max_size: int) -> bytes:
         _grow_string(node, rng, room)
     elif action == 3 and node.children:
         child = rng.choice(node.children)
-        node.children.extend([child] * rng.choice((1, 2, 64, 1024)))
+        count = rng.choice((1, 2, 64, 1024, 10_000, 20_000))
+        if child.children and child.children[0].tag == 0x06 and rng.random() < 0.5:
+            # Distinct copies (another OID arc each): many extensions that are not duplicates.
+            base = child.children[0].content
+            for index in range(count):
+                arc = der_tree.oid(f"0.0.{index}")[1:] or b"\x00"
+                parts = [der_tree.Node(0x06, base + arc), *child.children[1:]]
+                node.children.append(der_tree.Node(child.tag, children=parts))
+        else:
+            node.children.extend([child] * count)
     elif action == 4 and node.children:
         node.children.pop(rng.randrange(len(node.children)))
     elif action == 5:

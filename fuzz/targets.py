@@ -251,7 +251,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("pem", pem, (NotAnEnclaveError,), (mutators.mutate_pem,) * 3 + _TEXT, 64 * 1024),
     Target("certtable", certtable, (NotAnEnclaveError,), _DER + mutators.BYTES, 64 * 1024),
     Target("evidence", evidence, (AttestationError,), (mutators.mutate_json,) * 4 + _TEXT, 64 * 1024),
-    Target("crl", crl, (NotAnEnclaveError,), _DER, 64 * 1024),
+    Target("crl", crl, (NotAnEnclaveError,), _DER, 256 * 1024),
     Target("manifest", manifest, (ManifestError,), (mutators.mutate_json,) * 4 + _TEXT, 1024 * 1024),
     Target("owner_policy", owner_policy, (PolicyMismatchError,), (mutators.mutate_json,) * 4 + _TEXT,
            16 * 1024),
