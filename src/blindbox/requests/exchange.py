@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from blindbox import __version__
+from blindbox._text import shown
 from blindbox.attest.evidence import EVIDENCE_PATH, MAX_EVIDENCE_BYTES, Evidence, encode_nonce
 from blindbox.errors import NotAnEnclaveError
 
@@ -151,7 +152,7 @@ def fetch_evidence(sock: _Socket, *, host: str, nonce: bytes | None,
     version, status, reason, headers = _parse_head(bytes(buffer[:end]))
     if status != 200:
         raise NotAnEnclaveError(
-            f"evidence: expected HTTP 200 for GET {EVIDENCE_PATH}, found {status} {reason}".rstrip()
+            f"evidence: expected HTTP 200 for GET {EVIDENCE_PATH}, found {status} {shown(reason, 80)}".rstrip()
             + " (the server does not serve BlindBox evidence)"
         )
     if b"transfer-encoding" in headers:
