@@ -121,7 +121,9 @@ def mutate_der(data: bytes, rng: random.Random, max_size: int) -> bytes:
         _grow_string(node, rng, room)
     elif action == 3 and node.children:
         child = rng.choice(node.children)
-        count = rng.choice((1, 2, 64, 1024, 10_000, 20_000))
+        # Never build more than the size budget allows (the tree is encoded in full before clipping).
+        fits = room // (len(der_tree.encode(child)) + 4) + 1
+        count = min(rng.choice((1, 2, 64, 1024, 10_000, 20_000)), fits)
         if child.children and child.children[0].tag == 0x06 and rng.random() < 0.5:
             # Distinct copies (another OID arc each): many extensions that are not duplicates.
             base = child.children[0].content
@@ -190,7 +192,8 @@ def mutate_pem(data: bytes, rng: random.Random, max_size: int) -> bytes:
 
 
 # -- JSON ----------------------------------------------------------------------------------------
-def _grow_value(value: object, rng: random.Random, max_size: int) -> object:
+def _grow_value(value: object, rng: random.Random, max_size: int, room: int) -> object:
+    """``value`` with one part grown; growth stays within about ``room`` more bytes of JSON."""
     if isinstance(value, bool) or value is None:
         return rng.choice((0, 1, -1, "", [], {}, 10 ** rng.choice((19, 20, 21, 400, 4300)), 1e308))
     if isinstance(value, int):
@@ -201,31 +204,35 @@ def _grow_value(value: object, rng: random.Random, max_size: int) -> object:
     if isinstance(value, str):
         raw = value.encode("utf-8", "surrogatepass")
         if _BEGIN in raw:
-            return mutate_pem(raw, rng, max_size).decode("latin-1")
+            return mutate_pem(raw, rng, min(max_size, len(raw) + room)).decode("latin-1")
         try:
             decoded = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
             decoded = None
         if decoded and rng.random() < 0.6:
-            changed = mutate_der(decoded, rng, max_size) if decoded[:1] == b"\x30" else flip(decoded, rng, 0)
+            limit = min(max_size, len(decoded) + room)
+            changed = mutate_der(decoded, rng, limit) if decoded[:1] == b"\x30" else flip(decoded, rng, 0)
             return base64.b64encode(changed).decode("ascii")
-        return rng.choice((*BYTES, insert_run))(raw, rng, max_size).decode("latin-1")
+        return rng.choice((*BYTES, insert_run))(raw, rng, min(max_size, len(raw) + room)).decode("latin-1")
     if isinstance(value, list):
         if value and rng.random() < 0.5:
             index = rng.randrange(len(value))
-            value[index] = _grow_value(value[index], rng, max_size)
+            value[index] = _grow_value(value[index], rng, max_size, room)
         elif value and all(type(v) is int for v in value) and rng.random() < 0.5:
             # Many distinct numbers (ports...): what a quadratic duplicate check chokes on.
             top = max(value)
-            value.extend(range(top + 1, top + 1 + rng.choice((10, 1000, 70000))))
+            value.extend(range(top + 1, top + 1 + min(rng.choice((10, 1000, 70000)), room // 7 + 1)))
+        elif value:
+            size = len(json.dumps(value[0])) + 2
+            value.extend(value[:1] * min(rng.choice((1, 2, 1000, 20000)), room // size + 1))
         else:
-            value.extend(value[:1] * rng.choice((1, 2, 1000, 20000)) if value else [rng.randrange(65536)])
+            value.append(rng.randrange(65536))
         return value
     if isinstance(value, dict):
         if value and rng.random() < 0.8:
             nested = [k for k, v in value.items() if isinstance(v, (list, dict))]
             key = rng.choice(nested if nested and rng.random() < 0.5 else list(value))
-            value[key] = _grow_value(value[key], rng, max_size)
+            value[key] = _grow_value(value[key], rng, max_size, room)
         else:
             value[rng.choice(("x", "version", "certificates", "policy", "vcek", "ports"))] = rng.choice(
                 (None, 1, "x", [], {}))
@@ -251,7 +258,8 @@ def mutate_json(data: bytes, rng: random.Random, max_size: int) -> bytes:
     if choice == 2:
         return rng.choice((insert_run, *BYTES))(data, rng, max_size)
     try:
-        out = json.dumps(_grow_value(doc, rng, max_size), separators=rng.choice(((",", ":"), (", ", ": "))))
+        grown = _grow_value(doc, rng, max_size, max(0, max_size - len(data)))
+        out = json.dumps(grown, separators=rng.choice(((",", ":"), (", ", ": "))))
     except (ValueError, RecursionError):  # 10 ** 4300 and friends: json refuses to print them
         return data
     return _clip(out.encode("utf-8", "surrogatepass"), max_size)
@@ -299,7 +307,8 @@ def mutate_ovmf(data: bytes, rng: random.Random, max_size: int) -> bytes:
     count = int.from_bytes(out[at + 12:at + 16], "little")
     choice = rng.randrange(4)
     if choice == 0:
-        out[at + 12:at + 16] = rng.choice((0, 1, 64, 65, 300, 0xFFFFFFFF, count + 1)).to_bytes(4, "little")
+        value = rng.choice((0, 1, 64, 65, 300, 0xFFFFFFFF, (count + 1) & 0xFFFFFFFF))
+        out[at + 12:at + 16] = value.to_bytes(4, "little")
     elif count:
         item = at + 16 + 12 * rng.randrange(min(count, 300))
         if item + 12 <= len(out):
