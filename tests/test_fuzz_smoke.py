@@ -1,7 +1,8 @@
 """CI's short fuzzing run: every harness in fuzz/ over its committed corpus, then a mutation budget.
 
-The corpus (fuzz/corpus/<target>/) holds the seeds made from the real vectors and every input
-that ever found a bug (``regress-*``), so each finding stays a regression test. The budget uses
+The corpus (fuzz/corpus/<target>/) holds the seeds made from the real vectors (``seed-*``), small
+inputs that atheris runs kept for their coverage (``cov-*``) and every input that ever found a bug
+(``regress-*``), so each finding stays a regression test. The budget uses
 the pure-Python driver with a fixed seed (no atheris needed; ``fuzz/run`` does the long,
 coverage-guided runs). The whole file takes about a minute.
 """
