@@ -151,9 +151,10 @@ def fetch_evidence(sock: _Socket, *, host: str, nonce: bytes | None,
     head_size = end + 4
     version, status, reason, headers = _parse_head(bytes(buffer[:end]))
     if status != 200:
+        found = f"{status} {shown(reason, 80)}".rstrip()
         raise NotAnEnclaveError(
-            f"evidence: expected HTTP 200 for GET {EVIDENCE_PATH}, found {status} {shown(reason, 80)}".rstrip()
-            + " (the server does not serve BlindBox evidence)"
+            f"evidence: expected HTTP 200 for GET {EVIDENCE_PATH}, found {found} "
+            "(the server does not serve BlindBox evidence)"
         )
     if b"transfer-encoding" in headers:
         raise NotAnEnclaveError(
