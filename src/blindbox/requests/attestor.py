@@ -18,12 +18,14 @@ from collections.abc import Callable
 
 from urllib3.util.ssl_ import create_urllib3_context
 
+from blindbox._text import shown
 from blindbox.attest.binding import NONCE_SIZE
 from blindbox.attest.evidence import Evidence
 from blindbox.attest.owner_policy import PolicyRequirements
 from blindbox.attest.policy import AttestationPolicy
 from blindbox.attest.verifier import Assessment, Attestation, assess_evidence, verify_evidence
 from blindbox.errors import AttestationError, NotAnEnclaveError
+from blindbox.requests.exchange import Deadline
 from blindbox.snp.roots import TrustRoots
 from blindbox.snp.verify import KdsSource
 
@@ -132,18 +134,30 @@ class Attestor:
         """A fresh 32-byte nonce, or None when the session uses recorded evidence (``nonce=False``)."""
         return secrets.token_bytes(NONCE_SIZE) if self.use_nonce else None
 
-    def verify(self, evidence: Evidence, *, spki_der: bytes, nonce: bytes | None) -> Attestation:
-        """Genuine, bound to ``spki_der`` and ``nonce``, and acceptable under the session's expectations."""
+    def verify(self, evidence: Evidence, *, spki_der: bytes, nonce: bytes | None,
+               deadline: Deadline | None = None) -> Attestation:
+        """Genuine, bound to ``spki_der`` and ``nonce``, and acceptable under the session's expectations.
+
+        With the ``deadline`` of the connection's attestation (the one its evidence exchange ran
+        under), verification starts only while time remains, and a result that arrives after the
+        deadline is not used: the whole attestation, exchange and verification, is bounded by
+        ``timeout``. An overrun raises :class:`~blindbox.requests.exchange.ExchangeTimeout`.
+        """
+        if deadline is not None:
+            deadline.check("verification")
         try:
-            return verify_evidence(evidence, spki_der=spki_der, nonce=nonce, policy=self.policy,
-                                   requirements=self.requirements, roots=self.roots, kds=self.kds)
+            attestation = verify_evidence(evidence, spki_der=spki_der, nonce=nonce, policy=self.policy,
+                                          requirements=self.requirements, roots=self.roots, kds=self.kds)
         except AttestationError:
             raise
         except Exception as exc:  # fail closed: an unexpected error is a refusal, never a pass
             raise NotAnEnclaveError(
                 f"evidence: expected verifiable SEV-SNP evidence, found evidence whose verification "
-                f"failed with {type(exc).__name__}: {exc}"
+                f"failed with {type(exc).__name__}: {shown(str(exc))}"
             ) from exc
+        if deadline is not None:
+            deadline.check("verification")
+        return attestation
 
     def assess(self, evidence: Evidence | NotAnEnclaveError, *, spki_der: bytes | None,
                nonce: bytes | None) -> Assessment:

@@ -41,7 +41,7 @@ from blindbox.attest.evidence import EVIDENCE_PATH
 from blindbox.attest.verifier import Attestation
 from blindbox.errors import AttestationError, ConfigurationError, NotAnEnclaveError, OriginRefusedError
 from blindbox.requests.attestor import Attestor
-from blindbox.requests.exchange import ExchangeTimeout, fetch_evidence
+from blindbox.requests.exchange import Deadline, ExchangeTimeout, fetch_evidence
 from blindbox.requests.origin import HTTPS_PORT, Origin
 
 log = logging.getLogger("blindbox.requests")
@@ -231,8 +231,9 @@ class AttestedHTTPSConnection(HTTPSConnection):
                   hashlib.sha256(spki_der).hexdigest()[:16], EVIDENCE_PATH,
                   "fresh nonce" if nonce is not None else "no nonce")
         previous_timeout = sock.gettimeout()
+        deadline = Deadline(timeout)  # one deadline for the exchange and the verification
         try:
-            response = fetch_evidence(sock, host=target, nonce=nonce, timeout=timeout)
+            response = fetch_evidence(sock, host=target, nonce=nonce, timeout=deadline)
         except AttestationError:
             raise  # already typed and worded once at its source (it is an OSError too)
         except OSError as exc:
@@ -242,7 +243,7 @@ class AttestedHTTPSConnection(HTTPSConnection):
             ) from exc
         sock.settimeout(previous_timeout)
         log.debug("%s: received %d bytes of evidence; verifying", target, response.size)
-        attestation = attestor.verify(response.evidence, spki_der=spki_der, nonce=nonce)
+        attestation = attestor.verify(response.evidence, spki_der=spki_der, nonce=nonce, deadline=deadline)
         return attestation, response.keep_alive
 
 
