@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import requests
+
 from blindbox.errors import (
     AttestationError,
     ConfigurationError,
@@ -258,5 +260,5 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("exchange", exchange, (NotAnEnclaveError,), (mutators.mutate_http,) * 4 + _TEXT, 70 * 1024),
     Target("measure", measure_ovmf, (MeasurementError,), (mutators.mutate_ovmf,) * 3 + mutators.BYTES,
            64 * 1024),
-    Target("kds_headers", kds_headers, (), _TEXT, 8 * 1024),
+    Target("kds_headers", kds_headers, (requests.exceptions.InvalidHeader,), _TEXT, 8 * 1024),
 )}

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import re
 import ssl
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from blindbox import __version__
+from blindbox import __version__, _http
 from blindbox._text import shown
 from blindbox.attest.evidence import EVIDENCE_PATH, MAX_EVIDENCE_BYTES, Evidence, encode_nonce
 from blindbox.errors import NotAnEnclaveError
@@ -47,15 +46,11 @@ class EvidenceResponse:
     keep_alive: bool
 
 
-class Deadline:
-    """One monotonic deadline for the attestation of one connection (exchange and verification)."""
+class Deadline(_http.Deadline):
+    """One monotonic deadline for the attestation of one connection (exchange and verification).
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._end = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return self._end - time.monotonic()
+    The one deadline of :mod:`blindbox._http`, with checks that raise :class:`ExchangeTimeout`.
+    """
 
     def check(self, step: str) -> None:
         """Raise :class:`ExchangeTimeout` naming ``step`` if the deadline has passed."""
