@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -95,6 +97,22 @@ def _collect(certificates: Mapping[str, CertificateInput] | CertificateInput | N
     return leaf, intermediates
 
 
+def _extensions(cert: AmdCertificate) -> KdsExtensions:
+    """``parse_extensions(cert)``, decoded once per process for the exact DER of the certificate.
+
+    The rules that bind the extensions to a report (:func:`check_against_report`)
+    still run on every report. Each caller gets its own copy of the one mutable part.
+    """
+    parsed = _extensions_by_der(cert.der)
+    return dataclasses.replace(parsed, reserved_spls=dict(parsed.reserved_spls))
+
+
+@functools.lru_cache(maxsize=256)
+def _extensions_by_der(der: bytes) -> KdsExtensions:
+    """Keyed by the exact DER; a malformed certificate raises every time (errors are not cached)."""
+    return parse_extensions(AmdCertificate.from_der(der))
+
+
 def verify_report(
     report: bytes | AttestationReport,
     *,
@@ -161,7 +179,7 @@ def verify_report(
 
         leaf = kds.vcek(fetch_product, parsed.chip_id, parsed.reported_tcb, check=chains_to_roots)
 
-    extensions = parse_extensions(leaf)
+    extensions = _extensions(leaf)
     cert_product = extensions.product
     if parsed.product is None:
         parsed = parsed.with_product(cert_product)
