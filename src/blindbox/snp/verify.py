@@ -76,7 +76,7 @@ def _collect(certificates: Mapping[str, CertificateInput] | CertificateInput | N
     if certificates is None:
         return None, []
     if not isinstance(certificates, Mapping):
-        return AmdCertificate.load(certificates), []
+        return _load(certificates), []
     unknown = set(certificates) - set(CERTIFICATE_NAMES)
     if unknown:
         raise NotAnEnclaveError(
@@ -90,11 +90,22 @@ def _collect(certificates: Mapping[str, CertificateInput] | CertificateInput | N
             f"found only a {other.upper()}"
         )
     leaf_input = certificates.get(wanted)
-    leaf = AmdCertificate.load(leaf_input) if leaf_input is not None else None
+    leaf = _load(leaf_input) if leaf_input is not None else None
     # An ARK from the evidence is never an anchor; only ASK/ASVK are chain candidates.
-    intermediates = [AmdCertificate.load(certificates[name]) for name in ("ask", "asvk")
+    intermediates = [_load(certificates[name]) for name in ("ask", "asvk")
                      if certificates.get(name) is not None]
     return leaf, intermediates
+
+
+def _load(value: CertificateInput) -> AmdCertificate:
+    """``AmdCertificate.load``, parsed once per process for exactly the same PEM or DER input."""
+    return value if isinstance(value, AmdCertificate) else _load_exact(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _load_exact(value: bytes | str) -> AmdCertificate:
+    """Keyed by the exact text or bytes; input that does not parse raises every time."""
+    return AmdCertificate.load(value)
 
 
 def _extensions(cert: AmdCertificate) -> KdsExtensions:
