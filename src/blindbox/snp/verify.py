@@ -99,7 +99,9 @@ def _collect(certificates: Mapping[str, CertificateInput] | CertificateInput | N
 
 def _load(value: CertificateInput) -> AmdCertificate:
     """``AmdCertificate.load``, parsed once per process for exactly the same PEM or DER input."""
-    return value if isinstance(value, AmdCertificate) else _load_exact(value)
+    if type(value) is str or type(value) is bytes:
+        return _load_exact(value)
+    return AmdCertificate.load(value)  # parsed already, or bytes-like (not hashable)
 
 
 @functools.lru_cache(maxsize=256)
