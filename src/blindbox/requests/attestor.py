@@ -8,6 +8,7 @@ per session, even when many threads meet it at the same time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -34,6 +35,34 @@ log = logging.getLogger("blindbox.requests")
 ClientCert = str | tuple[str, str] | None
 
 
+def _client_context() -> ssl.SSLContext:
+    """A new client context: no WebPKI trust, no renegotiation, post-handshake authentication on."""
+    context = create_urllib3_context(cert_reqs=ssl.CERT_NONE)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    # The pinned key must stay the key: no TLS 1.2 renegotiation to another certificate.
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    # A client certificate goes out only by TLS 1.3 post-handshake authentication,
+    # after the server's key is pinned (see blindbox.requests.connection).
+    context.post_handshake_auth = True
+    return context
+
+
+@functools.lru_cache(maxsize=1)
+def _handshake_context() -> ssl.SSLContext:
+    """The one handshake context of the process, shared by every session (built once).
+
+    It holds no client certificate and no trust store, so sharing it shares
+    no identity and no trust decision: what is trusted is each session's own
+    pinned set. Nothing changes it after creation (urllib3 re-applies the same
+    ``verify_mode``/``check_hostname`` values). Client certificates live in
+    per-session contexts from :meth:`Attestor.context_for`. Python's client
+    sockets resume no TLS session unless handed one, so sessions never resume
+    each other's.
+    """
+    return _client_context()
+
+
 class Attestor:
     """Appraisal policy, owner-policy requirements, roots and the pinned set of one :class:`SecureSession`."""
 
@@ -49,12 +78,12 @@ class Attestor:
         self._lock = threading.Lock()
         self._pins: dict[bytes, Attestation] = {}
         self._gates: dict[bytes, threading.Lock] = {}
-        self._contexts: dict[tuple[str, str | None] | None, ssl.SSLContext] = {}
-        self.context = self.context_for(None)
+        self.context = _handshake_context()
+        self._contexts: dict[tuple[str, str | None] | None, ssl.SSLContext] = {None: self.context}
 
     # -- TLS contexts -------------------------------------------------------------------------
     def context_for(self, cert: ClientCert) -> ssl.SSLContext:
-        """The session's client context (with ``cert`` loaded for mutual TLS), built once.
+        """The handshake context for None, else the session's context with ``cert`` loaded, built once.
 
         Certificate verification is off on purpose: the server's key is trusted
         only once attestation evidence binds it.
@@ -68,22 +97,14 @@ class Attestor:
             key = (os.fspath(cert), None)
         with self._lock:
             context = self._contexts.get(key)
-            if context is None:
-                context = create_urllib3_context(cert_reqs=ssl.CERT_NONE)
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-                # The pinned key must stay the key: no TLS 1.2 renegotiation to another certificate.
-                context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
-                # A client certificate goes out only by TLS 1.3 post-handshake authentication,
-                # after the server's key is pinned (see blindbox.requests.connection).
-                context.post_handshake_auth = True
-                if key is not None:
-                    for path in key:
-                        if path is not None and not os.path.exists(path):
-                            raise OSError(f"Could not find the TLS certificate or key file: {path}")
-                    context.load_cert_chain(key[0], key[1])
+            if context is None and key is not None:
+                for path in key:
+                    if path is not None and not os.path.exists(path):
+                        raise OSError(f"Could not find the TLS certificate or key file: {path}")
+                context = _client_context()
+                context.load_cert_chain(key[0], key[1])
                 self._contexts[key] = context
-            return context
+            return context if context is not None else self.context
 
     def owns(self, context: ssl.SSLContext | None) -> bool:
         with self._lock:

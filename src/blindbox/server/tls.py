@@ -7,6 +7,7 @@ report binds the SHA-256 of its SubjectPublicKeyInfo.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import ipaddress
 import os
 import ssl
@@ -73,13 +74,13 @@ class TlsIdentity:
         with os.fdopen(fd, "wb") as fh:
             fh.write(self.key_pem)
 
-    @property
+    @functools.cached_property
     def cert_der(self) -> bytes:
         return x509.load_pem_x509_certificate(self.cert_pem).public_bytes(serialization.Encoding.DER)
 
-    @property
+    @functools.cached_property
     def spki_der(self) -> bytes:
-        """The DER SubjectPublicKeyInfo that protocol v1 binds into report_data."""
+        """The DER SubjectPublicKeyInfo that protocol v1 binds into report_data (read once)."""
         cert = x509.load_pem_x509_certificate(self.cert_pem)
         return cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
