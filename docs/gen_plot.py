@@ -35,6 +35,7 @@ SESSION_SAMPLES = (
     ("steady_secure", "SecureSession\nsteady state"),
     ("first_plain", "requests.Session\nfirst request"),
     ("first_secure", "SecureSession\nfirst request"),
+    ("first_floor", "floor: plain first\n+ evidence + ECDSA"),
     ("attest_only", "SecureSession()\nalone (attest)"),
 )
 
@@ -75,7 +76,8 @@ def _session_panel(ax: plt.Axes, run: dict) -> None:
     box = ax.boxplot(samples, orientation="horizontal", widths=0.55, showfliers=True, patch_artist=True,
                      flierprops={"markersize": 2, "alpha": 0.4}, medianprops={"color": "black"})
     for patch, (key, _) in zip(box["boxes"], SESSION_SAMPLES, strict=True):
-        patch.set_facecolor("#1565c0" if "secure" in key or key == "attest_only" else "#bdbdbd")
+        patch.set_facecolor("#1565c0" if "secure" in key or key == "attest_only"
+                            else "#eeeeee" if key == "first_floor" else "#bdbdbd")
     for i, values in enumerate(samples, start=1):
         median = statistics.median(values)
         ax.text(median, i + 0.38, f"median {median:.2f} ms", ha="center", fontsize=8)
@@ -84,7 +86,8 @@ def _session_panel(ax: plt.Axes, run: dict) -> None:
     ax.invert_yaxis()
     _log_axis(ax, (0.8, 40), (1, 2, 5, 10, 20))
     ax.set_xlabel("milliseconds per request (log scale)")
-    ax.set_title(f"requests: steady {run['steady_ratio']:.2f}x, first request {run['first_ratio']:.2f}x")
+    ax.set_title(f"requests: steady {run['steady_ratio']:.2f}x, first request {run['first_ratio']:.2f}x "
+                 f"(floor {run['floor_ratio']:.2f}x)")
     ax.grid(axis="x", which="both", alpha=0.25)
 
 

@@ -178,7 +178,8 @@ def test_attest_evidence_that_never_comes_is_4(tmp_path: Path, capsys: pytest.Ca
                              "--roots", roots(slow, tmp_path), "--timeout", "0.5")
     assert (code, out) == (4, "")
     assert err.startswith(f"blindbox attest: VerificationIncompleteError: cannot attest {slow.url}: ")
-    assert err.endswith(": ConnectTimeout: evidence exchange: no complete answer within 0.5 s\n")
+    assert err.endswith(
+        ": ConnectTimeout: attestation: evidence exchange not finished within the 0.5 s timeout\n")
 
 
 def test_attest_forged_manifest_signature_is_3(

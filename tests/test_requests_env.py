@@ -126,6 +126,25 @@ def test_https_proxy_env_tunnels_and_stays_attested(clean_env: pytest.MonkeyPatc
         assert len(proxy.targets) == 2
 
 
+def test_proxy_environment_changed_after_construction_applies_to_the_next_request(
+        clean_env: pytest.MonkeyPatch, honest: EnclaveServer) -> None:
+    """The session keeps the environment's proxy settings only while the environment is unchanged."""
+    with ConnectProxy() as proxy, br.SecureSession(honest.address, **session_kwargs(honest)) as session:
+        assert session.get("/direct").status_code == 200  # the lookup made while constructing
+        clean_env.setenv("HTTPS_PROXY", proxy.url)
+        session.get_adapter(session.base_url).close()  # so the next request needs a new connection
+        assert session.get("/via-proxy").status_code == 200
+        assert proxy.targets == [f"CONNECT {honest.address}"]
+        clean_env.setenv("NO_PROXY", "127.0.0.1")
+        session.get_adapter(session.base_url).close()
+        assert session.get("/direct-again").status_code == 200
+        assert len(proxy.targets) == 1
+        clean_env.delenv("NO_PROXY")
+        clean_env.setenv("HTTPS_PROXY", "socks5://127.0.0.1:9")
+        with pytest.raises(br.ConfigurationError, match="SOCKS"):
+            session.get("/socks")
+
+
 def test_https_proxy_env_cannot_intercept(clean_env: pytest.MonkeyPatch) -> None:
     with ConnectProxy(mitm=True) as proxy, enclave() as server:
         clean_env.setenv("HTTPS_PROXY", proxy.url)

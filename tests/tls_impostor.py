@@ -62,9 +62,9 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         with tls:
             tls.settimeout(5)
+            owner.record(tls.getpeercert(binary_form=True))  # before counting: see wait_for_handshakes
             with owner.lock:
                 owner.handshakes += 1
-            owner.record(tls.getpeercert(binary_form=True))
             try:
                 head = _read_head(tls)
                 if owner.mode == "post-handshake":
@@ -137,6 +137,20 @@ class CertificateSeekingImpostor:
         if certificate:
             with self.lock:
                 self.certificates.append(certificate)
+
+    def wait_for_handshakes(self, count: int, timeout: float = 5.0) -> int:
+        """The number of completed handshakes once it reaches ``count`` (or ``timeout`` passes).
+
+        A TLS 1.2 client can finish its handshake, refuse the server and return
+        before the server's thread has counted the handshake.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                done = self.handshakes
+            if done >= count or time.monotonic() >= deadline:
+                return done
+            time.sleep(0.005)
 
     @property
     def address(self) -> str:

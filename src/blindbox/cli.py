@@ -441,13 +441,17 @@ def _assessing_attestor(seen: _Seen, policy: AttestationPolicy, roots: TrustRoot
     failure, recording in ``seen`` the nonce it sent and the assessment it made. (Built here, so
     that the other commands do not import the requests layer.)"""
     from blindbox.requests.attestor import Attestor
+    from blindbox.requests.exchange import Deadline
 
     class AssessingAttestor(Attestor):
         def new_nonce(self) -> bytes | None:
             seen.nonce = super().new_nonce()
             return seen.nonce
 
-        def verify(self, evidence: Evidence, *, spki_der: bytes, nonce: bytes | None) -> Attestation:
+        def verify(self, evidence: Evidence, *, spki_der: bytes, nonce: bytes | None,
+                   deadline: Deadline | None = None) -> Attestation:
+            if deadline is not None:
+                deadline.check("verification")
             seen.assessment = self.assess(evidence, spki_der=spki_der, nonce=nonce)
             attestation = seen.assessment.attestation
             if attestation is None:

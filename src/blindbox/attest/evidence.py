@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from blindbox._text import shown
 from blindbox.attest import strict_json
 from blindbox.errors import NotAnEnclaveError
+from blindbox.snp.certificate import MAX_CERTIFICATE_SIZE, MAX_PEM_SIZE
 from blindbox.snp.report import REPORT_SIZE
 
 EVIDENCE_PATH = "/.well-known/blindbox/attestation"
@@ -69,10 +71,10 @@ class Evidence:
             raise NotAnEnclaveError(f"evidence: expected a JSON object, found {type(doc).__name__}")
         version = _require(doc, "version")
         if type(version) is not int or version != PROTOCOL_VERSION:
-            raise NotAnEnclaveError(f"evidence.version: expected 1, found {version!r}")
+            raise NotAnEnclaveError(f"evidence.version: expected 1, found {shown(repr(version), 40)}")
         tee = _require(doc, "tee")
         if tee != TEE:
-            raise NotAnEnclaveError(f"evidence.tee: expected {TEE!r}, found {tee!r}")
+            raise NotAnEnclaveError(f"evidence.tee: expected {TEE!r}, found {shown(repr(tee), 40)}")
         report = _b64(_require(doc, "report"), "report")
         if len(report) != REPORT_SIZE:
             raise NotAnEnclaveError(
@@ -92,6 +94,11 @@ class Evidence:
                 if not isinstance(value, str) or "-----BEGIN CERTIFICATE-----" not in value:
                     raise NotAnEnclaveError(
                         f"evidence.certificates.{name}: expected a PEM string, found {type(value).__name__}"
+                    )
+                if len(value) > MAX_PEM_SIZE:
+                    raise NotAnEnclaveError(
+                        f"evidence.certificates.{name}: expected at most {MAX_PEM_SIZE} characters of "
+                        f"PEM (one certificate of at most {MAX_CERTIFICATE_SIZE} bytes), found {len(value)}"
                     )
                 certificates[name] = value
         raw_policy = doc.get("policy")

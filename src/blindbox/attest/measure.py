@@ -37,6 +37,11 @@ MAX_BOOT_FILE_SIZE = 2 * 1024 * 1024 * 1024
 MAX_VCPUS = 4096
 MAX_APPEND_BYTES = 4096
 MAX_NAME_LENGTH = 255
+MAX_METADATA_SECTIONS = 64
+"""Most SEV metadata sections accepted (OVMF declares about seven)."""
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+"""Largest total size of the SEV metadata sections (OVMF's come to about 128 KiB). sev-snp-measure
+hashes each of their pages, so an unbounded sum would let 4 KiB of firmware cost minutes."""
 SNP_ACTIVE = 0x1
 """Bit 0 of the VMSA SEV_FEATURES (``guest_features``): SNPActive, set in every SEV-SNP guest."""
 VMMS = ("qemu", "ec2", "gce")
@@ -300,6 +305,12 @@ def _check_ovmf(path: Path, *, measures_kernel: bool) -> None:
             f"ovmf: expected {expected}, found a footer table without SEV metadata "
             f"(GUID {OVMF.OVMF_SEV_META_DATA_GUID}); this firmware cannot launch an SEV-SNP guest and "
             "sev-snp-measure would still compute a digest for it"
+        )
+    total = sum(length for _, _, length in sections)
+    if len(sections) > MAX_METADATA_SECTIONS or total > MAX_METADATA_BYTES:
+        raise MeasurementError(
+            f"ovmf: expected SEV metadata of at most {MAX_METADATA_SECTIONS} sections covering at most "
+            f"0x{MAX_METADATA_BYTES:x} bytes, found {len(sections)} sections covering 0x{total:x} bytes"
         )
     names = [name for name, _, _ in sections]
     missing = [name for name in _REQUIRED_SECTIONS if name not in names]

@@ -37,6 +37,7 @@ from blindbox.errors import (
     TcbTooLowError,
 )
 from blindbox.snp import bulletins
+from blindbox.snp.guest_policy import GuestPolicy
 from blindbox.snp.platform_info import BITS as PLATFORM_INFO_BITS
 from blindbox.snp.product import Product
 from blindbox.snp.report import SUPPORTED_VERSIONS, FirmwareVersion, SigningKey
@@ -671,14 +672,17 @@ class AttestationPolicy:
 
         An accepted report below a recommendation (AMD's bulletins) is
         reported with an :class:`~blindbox.errors.OutdatedTcbWarning` and a
-        WARNING on logger "blindbox.attest".
+        WARNING on logger "blindbox.attest". Every check runs; the text of a
+        check is built only when it fails or warns.
         """
         warned: list[Check] = []
-        for check in self._evaluate(verified):
+        for clean, describe in self._evaluate(verified):
+            if clean:
+                continue
+            check = describe()
             if not check.passed:
                 raise check.error(check.message)
-            if check.warning:
-                warned.append(check)
+            warned.append(check)
         for check in warned:
             text = f"{check.name}: {check.warning}"
             log.warning("accepted enclave below recommendation: %s", text)
@@ -686,13 +690,14 @@ class AttestationPolicy:
 
     def checks(self, verified: VerifiedReport) -> list[Check]:
         """Every check, in order, evaluated without stopping (for display)."""
-        return list(self._evaluate(verified))
+        return [describe() for _, describe in self._evaluate(verified)]
 
-    def _evaluate(self, v: VerifiedReport) -> Iterator[Check]:
+    def _evaluate(self, v: VerifiedReport) -> Iterator[_Outcome]:
+        """Each check's outcome in order: (passed without a warning, its :class:`Check` on demand)."""
         for step in self._steps():
             yield from step(v)
 
-    def _steps(self) -> tuple[Callable[[VerifiedReport], Iterable[Check]], ...]:
+    def _steps(self) -> tuple[Callable[[VerifiedReport], Iterable[_Outcome]], ...]:
         return (
             self._check_measurement, self._check_guest_policy, self._check_signing_key,
             self._check_report, self._check_identity, self._check_key_digests, self._check_chip,
@@ -700,29 +705,35 @@ class AttestationPolicy:
             self._check_mitigations,
         )
 
-    def _check_measurement(self, v: VerifiedReport) -> Iterable[Check]:
+    def _check_measurement(self, v: VerifiedReport) -> Iterable[_Outcome]:
         found = v.report.measurement
         ok = any(hmac.compare_digest(found, m) for m in self.measurements)
-        expected = f"one of [{', '.join(m.hex() for m in self.measurements)}]"
-        yield Check("measurement", ok, expected, found.hex(), InvalidEnclaveCode, "measurements")
+        yield ok, lambda: Check("measurement", ok,
+                                f"one of [{', '.join(m.hex() for m in self.measurements)}]",
+                                found.hex(), InvalidEnclaveCode, "measurements")
 
-    def _check_guest_policy(self, v: VerifiedReport) -> Iterable[Check]:
+    def _check_guest_policy(self, v: VerifiedReport) -> Iterable[_Outcome]:
         policy = v.report.policy
         for name, why in _GUEST_FLAGS.items():
-            rule: Rule = getattr(self, name)
-            value: bool = getattr(policy, name)
-            ok = rule.admits(value)
-            yield Check(f"guest_policy.{name}", ok, rule.value, f"{_onoff(value)} (policy {policy.raw:#x})",
-                        InsecureGuestPolicyError, name, "" if ok else why)
+            yield self._guest_flag_check(name, why, getattr(self, name), policy)
         found = (policy.abi_major, policy.abi_minor)
-        yield Check("guest_policy.abi", found >= self.min_abi, f">= {self.min_abi[0]}.{self.min_abi[1]}",
-                    f"{found[0]}.{found[1]}", InsecureGuestPolicyError, "min_abi")
+        abi_ok = found >= self.min_abi
+        yield abi_ok, lambda: Check("guest_policy.abi", abi_ok, f">= {self.min_abi[0]}.{self.min_abi[1]}",
+                                    f"{found[0]}.{found[1]}", InsecureGuestPolicyError, "min_abi")
 
-    def _check_signing_key(self, v: VerifiedReport) -> Iterable[Check]:
+    @staticmethod
+    def _guest_flag_check(name: str, why: str, rule: Rule, policy: GuestPolicy) -> _Outcome:
+        value: bool = getattr(policy, name)
+        ok = rule.admits(value)
+        return ok, lambda: Check(f"guest_policy.{name}", ok, rule.value,
+                                 f"{_onoff(value)} (policy {policy.raw:#x})",
+                                 InsecureGuestPolicyError, name, "" if ok else why)
+
+    def _check_signing_key(self, v: VerifiedReport) -> Iterable[_Outcome]:
         key = v.signing_key
-        yield Check("signing_key", key in self.signing_keys,
-                    _one_of(sorted(k.name for k in self.signing_keys)), key.name,
-                    PolicyViolationError, "signing_keys")
+        key_ok = key in self.signing_keys
+        yield key_ok, lambda: Check("signing_key", key_ok, _one_of(sorted(k.name for k in self.signing_keys)),
+                                    key.name, PolicyViolationError, "signing_keys")
         csp = v.extensions.csp_id
         if key is not SigningKey.VLEK:
             found = f"none ({key.name}-signed)"
@@ -730,65 +741,76 @@ class AttestationPolicy:
         else:
             found = csp if csp is not None else "none"
             ok = self.csp_ids is None or csp in self.csp_ids
-        expected = "any" if self.csp_ids is None else _one_of(sorted(self.csp_ids))
-        yield Check("csp_id", ok, expected, found, PolicyViolationError, "csp_ids")
+        yield ok, lambda: Check("csp_id", ok,
+                                "any" if self.csp_ids is None else _one_of(sorted(self.csp_ids)),
+                                found, PolicyViolationError, "csp_ids")
 
-    def _check_report(self, v: VerifiedReport) -> Iterable[Check]:
+    def _check_report(self, v: VerifiedReport) -> Iterable[_Outcome]:
         report = v.report
-        yield Check("report_version", report.version in self.report_versions,
-                    _one_of(map(str, sorted(self.report_versions))), str(report.version),
-                    PolicyViolationError, "report_versions")
-        yield Check("vmpl", report.vmpl in self.vmpls, _one_of(map(str, sorted(self.vmpls))),
-                    str(report.vmpl), PolicyViolationError, "vmpls",
-                    "" if report.vmpl in self.vmpls else "less privileged code in the guest requested it")
-        yield Check("guest_svn", report.guest_svn >= self.min_guest_svn, f">= {self.min_guest_svn}",
-                    str(report.guest_svn), PolicyViolationError, "min_guest_svn")
+        version_ok = report.version in self.report_versions
+        yield version_ok, lambda: Check("report_version", version_ok,
+                                        _one_of(map(str, sorted(self.report_versions))), str(report.version),
+                                        PolicyViolationError, "report_versions")
+        vmpl_ok = report.vmpl in self.vmpls
+        yield vmpl_ok, lambda: Check("vmpl", vmpl_ok, _one_of(map(str, sorted(self.vmpls))),
+                                     str(report.vmpl), PolicyViolationError, "vmpls",
+                                     "" if vmpl_ok else "less privileged code in the guest requested it")
+        svn_ok = report.guest_svn >= self.min_guest_svn
+        yield svn_ok, lambda: Check("guest_svn", svn_ok, f">= {self.min_guest_svn}", str(report.guest_svn),
+                                    PolicyViolationError, "min_guest_svn")
 
-    def _check_identity(self, v: VerifiedReport) -> Iterable[Check]:
+    def _check_identity(self, v: VerifiedReport) -> Iterable[_Outcome]:
         report = v.report
         for name in ("host_data", "family_id", "image_id", "report_id", "report_id_ma"):
-            wanted: bytes | None = getattr(self, name)
-            found: bytes = getattr(report, name)
-            ok = wanted is None or hmac.compare_digest(found, wanted)
-            yield Check(name, ok, "any" if wanted is None else wanted.hex(), found.hex(),
-                        PolicyViolationError, name)
+            yield self._identity_check(name, getattr(self, name), getattr(report, name))
 
-    def _check_key_digests(self, v: VerifiedReport) -> Iterable[Check]:
+    @staticmethod
+    def _identity_check(name: str, wanted: bytes | None, found: bytes) -> _Outcome:
+        ok = wanted is None or hmac.compare_digest(found, wanted)
+        return ok, lambda: Check(name, ok, "any" if wanted is None else wanted.hex(), found.hex(),
+                                 PolicyViolationError, name)
+
+    def _check_key_digests(self, v: VerifiedReport) -> Iterable[_Outcome]:
         report = v.report
         id_digest = report.id_key_digest
         has_id = any(id_digest)
-        yield Check("id_block", has_id or not self.require_id_block,
-                    "an ID block (non-zero id_key_digest)" if self.require_id_block else "any",
-                    id_digest.hex() if has_id else "none (id_key_digest is zero)",
-                    PolicyViolationError, "require_id_block")
+        id_ok = has_id or not self.require_id_block
+        yield id_ok, lambda: Check("id_block", id_ok,
+                                   "an ID block (non-zero id_key_digest)" if self.require_id_block else "any",
+                                   id_digest.hex() if has_id else "none (id_key_digest is zero)",
+                                   PolicyViolationError, "require_id_block")
         yield self._digest_check("id_key_digest", "id_key_digests", self.id_key_digests,
                                  id_digest if has_id else None, "none (id_key_digest is zero)")
         author = report.author_key_digest
-        enabled = report.signer_info.author_key_enabled and any(author)
+        key_enabled = report.signer_info.author_key_enabled
+        enabled = key_enabled and any(author)
         author_found = (author.hex() if enabled else
-                        "none (AUTHOR_KEY_EN clear)" if not report.signer_info.author_key_enabled
+                        "none (AUTHOR_KEY_EN clear)" if not key_enabled
                         else "none (author_key_digest is zero)")
-        yield Check("author_key", enabled or not self.require_author_key,
-                    "an author key (AUTHOR_KEY_EN set, non-zero digest)" if self.require_author_key
-                    else "any", author_found, PolicyViolationError, "require_author_key")
+        author_ok = enabled or not self.require_author_key
+        yield author_ok, lambda: Check("author_key", author_ok,
+                                       "an author key (AUTHOR_KEY_EN set, non-zero digest)"
+                                       if self.require_author_key else "any",
+                                       author_found, PolicyViolationError, "require_author_key")
         yield self._digest_check("author_key_digest", "author_key_digests", self.author_key_digests,
                                  author if enabled else None, author_found)
 
     @staticmethod
     def _digest_check(name: str, setting: str, accepted: frozenset[bytes] | None,
-                      found: bytes | None, absent: str) -> Check:
+                      found: bytes | None, absent: str) -> _Outcome:
         ok = accepted is None or (found is not None and any(hmac.compare_digest(found, d) for d in accepted))
-        expected = "any" if accepted is None else _one_of(sorted(d.hex() for d in accepted))
-        return Check(name, ok, expected, absent if found is None else found.hex(),
-                     PolicyViolationError, setting)
+        return ok, lambda: Check(name, ok,
+                                 "any" if accepted is None else _one_of(sorted(d.hex() for d in accepted)),
+                                 absent if found is None else found.hex(), PolicyViolationError, setting)
 
-    def _check_chip(self, v: VerifiedReport) -> Iterable[Check]:
+    def _check_chip(self, v: VerifiedReport) -> Iterable[_Outcome]:
         report = v.report
         masked = report.chip_id_masked
-        yield Check("chip_id_masked", self.allow_masked_chip_id or not masked,
-                    "masked or not" if self.allow_masked_chip_id else "not masked",
-                    "masked (MASK_CHIP_ID set)" if masked else "not masked",
-                    PolicyViolationError, "allow_masked_chip_id")
+        masked_ok = self.allow_masked_chip_id or not masked
+        yield masked_ok, lambda: Check("chip_id_masked", masked_ok,
+                                       "masked or not" if self.allow_masked_chip_id else "not masked",
+                                       "masked (MASK_CHIP_ID set)" if masked else "not masked",
+                                       PolicyViolationError, "allow_masked_chip_id")
         width = v.product.hwid_length
         identity: bytes | None = None
         source = ""
@@ -799,16 +821,20 @@ class AttestationPolicy:
         elif v.signing_key is SigningKey.VCEK and v.extensions.hwid is not None:
             identity = v.extensions.hwid.ljust(_CHIP_ID_SIZE, b"\x00")
             source = " (VCEK hwID; the report masks its chip_id)"
-        found = (identity[:width].hex() + source if identity is not None
-                 else f"none ({v.signing_key.name}-signed report with an all-zero chip_id)")
         accepted = self.chip_ids
         ok = accepted is None or (identity is not None
                                   and any(hmac.compare_digest(identity, c) for c in accepted))
-        expected = "any" if accepted is None else _one_of(sorted(
-            c[:_TURIN_HWID_SIZE].hex() if not any(c[_TURIN_HWID_SIZE:]) else c.hex() for c in accepted))
-        yield Check("chip_id", ok, expected, found, PolicyViolationError, "chip_ids")
 
-    def _check_tcbs(self, v: VerifiedReport) -> Iterable[Check]:
+        def describe() -> Check:
+            found = (identity[:width].hex() + source if identity is not None
+                     else f"none ({v.signing_key.name}-signed report with an all-zero chip_id)")
+            expected = "any" if accepted is None else _one_of(sorted(
+                c[:_TURIN_HWID_SIZE].hex() if not any(c[_TURIN_HWID_SIZE:]) else c.hex() for c in accepted))
+            return Check("chip_id", ok, expected, found, PolicyViolationError, "chip_ids")
+
+        yield ok, describe
+
+    def _check_tcbs(self, v: VerifiedReport) -> Iterable[_Outcome]:
         report = v.report
         for name, setting, tcb in (
             ("reported_tcb", "min_tcb", report.reported_tcb),
@@ -818,97 +844,124 @@ class AttestationPolicy:
         ):
             yield self._tcb_check(f"{name}.minimum", setting, getattr(self, setting), tcb, v)
         if self.min_tcb != AMD_RECOMMENDED:
-            advisory = self._tcb_check("reported_tcb.amd_recommended", "min_tcb", AMD_RECOMMENDED,
-                                       report.reported_tcb, v)
-            warning = (f"expected {advisory.expected}, found {advisory.found}; {advisory.reason}; "
-                       "set min_tcb='amd-recommended' to refuse such platforms")
-            yield Check(advisory.name, True, advisory.expected, advisory.found, TcbTooLowError, "min_tcb",
-                        warning=None if advisory.passed else warning)
+            advisory_ok, advise = self._tcb_check("reported_tcb.amd_recommended", "min_tcb", AMD_RECOMMENDED,
+                                                  report.reported_tcb, v)
+
+            def describe_advisory() -> Check:
+                advisory = advise()
+                warning = (f"expected {advisory.expected}, found {advisory.found}; {advisory.reason}; "
+                           "set min_tcb='amd-recommended' to refuse such platforms")
+                return Check(advisory.name, True, advisory.expected, advisory.found, TcbTooLowError,
+                             "min_tcb", warning=None if advisory.passed else warning)
+
+            yield advisory_ok, describe_advisory  # passes either way; only warns when below
         reported, current = report.reported_tcb, report.current_tcb
-        yield Check("reported_tcb.not_above_current", current.at_least(reported),
-                    "reported_tcb <= current_tcb, component-wise",
-                    f"reported {reported}, current {current}", PolicyViolationError, None,
-                    "" if current.at_least(reported) else
-                    "the signing key cannot come from firmware newer than the running one")
+        ordered = current.at_least(reported)
+        yield ordered, lambda: Check("reported_tcb.not_above_current", ordered,
+                                     "reported_tcb <= current_tcb, component-wise",
+                                     f"reported {reported}, current {current}", PolicyViolationError, None,
+                                     "" if ordered else
+                                     "the signing key cannot come from firmware newer than the running one")
 
     @staticmethod
     def _tcb_check(name: str, setting: str, minimum: TcbMinimum, tcb: TcbVersion,
-                   v: VerifiedReport) -> Check:
+                   v: VerifiedReport) -> _Outcome:
         product = v.product
-        sources: dict[str, list[str]] = {}
         if minimum is None:
-            return Check(name, True, "any", str(tcb), TcbTooLowError, setting)
+            return True, lambda: Check(name, True, "any", str(tcb), TcbTooLowError, setting)
         if isinstance(minimum, str):
             floor = bulletins.recommended_tcb(product, v.report.cpuid)
-            for entry in bulletins.recommended_floors(product, v.report.cpuid):
-                for component, _ in entry.minimum:
-                    sources.setdefault(component, []).append(entry.bulletin.id)
-            label = f"AMD-recommended for {product.value} as of {bulletins.AS_OF.isoformat()}"
+        elif product not in minimum:
+            return False, lambda: Check(
+                name, False, f"a {product.value} platform among "
+                f"{', '.join(p.value for p in minimum)} (the products {setting} names)",
+                f"{product.value} ({tcb})", TcbTooLowError, setting,
+                f"add a {product.value} minimum to {setting} to accept it")
         else:
-            if product not in minimum:
-                return Check(name, False, f"a {product.value} platform among "
-                             f"{', '.join(p.value for p in minimum)} (the products {setting} names)",
-                             f"{product.value} ({tcb})", TcbTooLowError, setting,
-                             f"add a {product.value} minimum to {setting} to accept it")
             floor = minimum[product]
-            label = product.value
         ok = tcb.at_least(floor)
-        found_parts, floor_parts = tcb.components(), floor.components()
-        below = [
-            f"{k} {found_parts[k]} < {floor_parts[k]}"
-            + (f" ({', '.join(sorted(set(sources[k])))})" if k in sources else "")
-            for k in floor_parts if found_parts[k] < floor_parts[k]
-        ]
-        return Check(name, ok, f">= {floor} ({label})", str(tcb), TcbTooLowError, setting,
-                     "" if ok else "below in " + ", ".join(below))
 
-    def _check_firmware(self, v: VerifiedReport) -> Iterable[Check]:
+        def describe() -> Check:
+            sources: dict[str, list[str]] = {}
+            if isinstance(minimum, str):
+                for entry in bulletins.recommended_floors(product, v.report.cpuid):
+                    for component, _ in entry.minimum:
+                        sources.setdefault(component, []).append(entry.bulletin.id)
+                label = f"AMD-recommended for {product.value} as of {bulletins.AS_OF.isoformat()}"
+            else:
+                label = product.value
+            found_parts, floor_parts = tcb.components(), floor.components()
+            below = [
+                f"{k} {found_parts[k]} < {floor_parts[k]}"
+                + (f" ({', '.join(sorted(set(sources[k])))})" if k in sources else "")
+                for k in floor_parts if found_parts[k] < floor_parts[k]
+            ]
+            return Check(name, ok, f">= {floor} ({label})", str(tcb), TcbTooLowError, setting,
+                         "" if ok else "below in " + ", ".join(below))
+
+        return ok, describe
+
+    def _check_firmware(self, v: VerifiedReport) -> Iterable[_Outcome]:
         report = v.report
         current, committed = report.current_version, report.committed_version
         wanted = self.min_firmware
-        yield Check("firmware.minimum", wanted is None or current.as_tuple() >= wanted.as_tuple(),
-                    "any" if wanted is None else f">= {wanted}", str(current), TcbTooLowError,
-                    "min_firmware")
+        firmware_ok = wanted is None or current.as_tuple() >= wanted.as_tuple()
+        yield firmware_ok, lambda: Check("firmware.minimum", firmware_ok,
+                                         "any" if wanted is None else f">= {wanted}", str(current),
+                                         TcbTooLowError, "min_firmware")
         provisional = self.allow_provisional_firmware
         tcb_ok = (report.current_tcb.at_least(report.committed_tcb) if provisional
                   else report.committed_tcb == report.current_tcb)
-        yield Check("committed_tcb.provisional", tcb_ok,
-                    "committed_tcb <= current_tcb" if provisional else "committed_tcb == current_tcb",
-                    f"committed {report.committed_tcb}, current {report.current_tcb}",
-                    PolicyViolationError, "allow_provisional_firmware",
-                    "" if tcb_ok else "provisional firmware: the host can roll back to the committed TCB")
+        yield tcb_ok, lambda: Check(
+            "committed_tcb.provisional", tcb_ok,
+            "committed_tcb <= current_tcb" if provisional else "committed_tcb == current_tcb",
+            f"committed {report.committed_tcb}, current {report.current_tcb}",
+            PolicyViolationError, "allow_provisional_firmware",
+            "" if tcb_ok else "provisional firmware: the host can roll back to the committed TCB")
         version_ok = (committed.as_tuple() <= current.as_tuple() if provisional
                       else committed == current)
-        yield Check("committed_firmware.provisional", version_ok,
-                    "committed <= current" if provisional else "committed == current",
-                    f"committed {committed}, current {current}", PolicyViolationError,
-                    "allow_provisional_firmware",
-                    "" if version_ok else
-                    "provisional firmware: the host can roll back to the committed version")
+        yield version_ok, lambda: Check(
+            "committed_firmware.provisional", version_ok,
+            "committed <= current" if provisional else "committed == current",
+            f"committed {committed}, current {current}", PolicyViolationError,
+            "allow_provisional_firmware",
+            "" if version_ok else "provisional firmware: the host can roll back to the committed version")
 
-    def _check_platform_info(self, v: VerifiedReport) -> Iterable[Check]:
+    def _check_platform_info(self, v: VerifiedReport) -> Iterable[_Outcome]:
         raw = v.report.platform_info.raw
         required, forbidden = self.platform_info_required, self.platform_info_forbidden
-        yield Check("platform_info.required", raw & required == required,
-                    f"set: {_describe_mask(required)}" if required else "any",
-                    _describe_mask(raw), PolicyViolationError, "platform_info_required",
-                    "" if raw & required == required else f"missing {_describe_mask(required & ~raw)}")
-        yield Check("platform_info.forbidden", not raw & forbidden,
-                    f"clear: {_describe_mask(forbidden)}" if forbidden else "any",
-                    _describe_mask(raw), PolicyViolationError, "platform_info_forbidden",
-                    "" if not raw & forbidden else f"set {_describe_mask(raw & forbidden)}")
+        required_ok = raw & required == required
+        yield required_ok, lambda: Check(
+            "platform_info.required", required_ok,
+            f"set: {_describe_mask(required)}" if required else "any",
+            _describe_mask(raw), PolicyViolationError, "platform_info_required",
+            "" if required_ok else f"missing {_describe_mask(required & ~raw)}")
+        forbidden_ok = not raw & forbidden
+        yield forbidden_ok, lambda: Check(
+            "platform_info.forbidden", forbidden_ok,
+            f"clear: {_describe_mask(forbidden)}" if forbidden else "any",
+            _describe_mask(raw), PolicyViolationError, "platform_info_forbidden",
+            "" if forbidden_ok else f"set {_describe_mask(raw & forbidden)}")
 
-    def _check_mitigations(self, v: VerifiedReport) -> Iterable[Check]:
+    def _check_mitigations(self, v: VerifiedReport) -> Iterable[_Outcome]:
         report = v.report
         for name, setting, found in (
             ("launch_mit_vector", "min_launch_mit_vector", report.launch_mit_vector),
             ("current_mit_vector", "min_current_mit_vector", report.current_mit_vector),
         ):
-            wanted: int = getattr(self, setting)
-            ok = wanted == 0 or (found is not None and found & wanted == wanted)
-            shown = f"{found:#x}" if found is not None else f"not reported (v{report.version} report)"
-            yield Check(name, ok, f"all of {wanted:#x}" if wanted else "any", shown,
-                        PolicyViolationError, setting)
+            yield self._mitigation_check(name, setting, getattr(self, setting), found, report.version)
+
+    @staticmethod
+    def _mitigation_check(name: str, setting: str, wanted: int, found: int | None, version: int) -> _Outcome:
+        ok = wanted == 0 or (found is not None and found & wanted == wanted)
+        return ok, lambda: Check(
+            name, ok, f"all of {wanted:#x}" if wanted else "any",
+            f"{found:#x}" if found is not None else f"not reported (v{version} report)",
+            PolicyViolationError, setting)
+
+
+#: A check's outcome: whether it passed without a warning, and its :class:`Check` built on demand.
+_Outcome = tuple[bool, Callable[[], Check]]
 
 
 __all__ = [

@@ -184,8 +184,11 @@ class AttestedAdapter(HTTPAdapter):
         attestation error itself, ``ConnectTimeout``, ``ProxyError`` or
         ``ConnectionError``, as a request would.
         """
-        probe = PreparedRequest()
-        probe.prepare(method="GET", url=self.origin.url + "/")
+        probe = PreparedRequest()  # what a GET of the origin's root would be (its URL is canonical)
+        probe.prepare_method("GET")
+        probe.url = self.origin.url + "/"
+        probe.prepare_headers(None)
+        probe.prepare_cookies(None)
         pool = self.get_connection_with_tls_context(probe, verify, proxies=proxies)
         if not isinstance(pool, HTTPSConnectionPool):
             raise ConfigurationError(

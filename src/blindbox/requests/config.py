@@ -72,6 +72,7 @@ class Expectations:
     manifest: Manifest | None
 
 
+@functools.cache
 def policy_field_names() -> frozenset[str]:
     """The AttestationPolicy keywords a session passes through (all but ``measurements``)."""
     return frozenset(f.name for f in dataclasses.fields(AttestationPolicy) if f.name != "measurements")

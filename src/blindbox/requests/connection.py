@@ -41,7 +41,7 @@ from blindbox.attest.evidence import EVIDENCE_PATH
 from blindbox.attest.verifier import Attestation
 from blindbox.errors import AttestationError, ConfigurationError, NotAnEnclaveError, OriginRefusedError
 from blindbox.requests.attestor import Attestor
-from blindbox.requests.exchange import ExchangeTimeout, fetch_evidence
+from blindbox.requests.exchange import Deadline, ExchangeTimeout, fetch_evidence
 from blindbox.requests.origin import HTTPS_PORT, Origin
 
 log = logging.getLogger("blindbox.requests")
@@ -195,9 +195,9 @@ class AttestedHTTPSConnection(HTTPSConnection):
         except AttestationError as exc:
             log.warning("attestation of %s failed: %s", target, exc)
             raise AttestationAbort(exc) from exc
-        spki_hex = hashlib.sha256(spki_der).hexdigest()
+        key_id = _KeyId(spki_der)
         if attestor.pinned(spki_der) is not None:
-            log.debug("%s: TLS key %s... is already attested for this session", target, spki_hex[:16])
+            log.debug("%s: TLS key %s... is already attested for this session", target, key_id)
             return True
         timeout = given if given is not None else attestor.timeout
         keep_alive = True
@@ -220,7 +220,7 @@ class AttestedHTTPSConnection(HTTPSConnection):
             ) from exc
         if fresh:
             log.debug("%s: attested and pinned TLS key %s... (measurement %s)",
-                      target, spki_hex[:16], attestation.measurement)
+                      target, key_id, attestation.measurement)
         return keep_alive
 
     def _attest(self, attestor: Attestor, sock: ssl.SSLSocket, target: str, spki_der: bytes,
@@ -228,11 +228,12 @@ class AttestedHTTPSConnection(HTTPSConnection):
         """Fetch evidence on ``sock`` and verify it: (attestation, whether the server keeps the socket)."""
         nonce = attestor.new_nonce()
         log.debug("%s: new TLS key %s..., fetching evidence (GET %s, %s)", target,
-                  hashlib.sha256(spki_der).hexdigest()[:16], EVIDENCE_PATH,
+                  _KeyId(spki_der), EVIDENCE_PATH,
                   "fresh nonce" if nonce is not None else "no nonce")
         previous_timeout = sock.gettimeout()
+        deadline = Deadline(timeout)  # one deadline for the exchange and the verification
         try:
-            response = fetch_evidence(sock, host=target, nonce=nonce, timeout=timeout)
+            response = fetch_evidence(sock, host=target, nonce=nonce, timeout=deadline)
         except AttestationError:
             raise  # already typed and worded once at its source (it is an OSError too)
         except OSError as exc:
@@ -242,8 +243,20 @@ class AttestedHTTPSConnection(HTTPSConnection):
             ) from exc
         sock.settimeout(previous_timeout)
         log.debug("%s: received %d bytes of evidence; verifying", target, response.size)
-        attestation = attestor.verify(response.evidence, spki_der=spki_der, nonce=nonce)
+        attestation = attestor.verify(response.evidence, spki_der=spki_der, nonce=nonce, deadline=deadline)
         return attestation, response.keep_alive
+
+
+class _KeyId:
+    """A TLS key in log lines: 16 hex digits of its SPKI's SHA-256, computed only if a line is written."""
+
+    __slots__ = ("_spki_der",)
+
+    def __init__(self, spki_der: bytes) -> None:
+        self._spki_der = spki_der
+
+    def __str__(self) -> str:
+        return hashlib.sha256(self._spki_der).hexdigest()[:16]
 
 
 def _seconds(timeout: Any) -> float | None:

@@ -3,18 +3,21 @@
 Runs before urllib3 sends anything on the connection. Every read is bounded:
 at most :data:`~blindbox.attest.evidence.MAX_EVIDENCE_BYTES` of headers and
 body together (a larger ``Content-Length`` is refused before the body is
-read), and the whole exchange shares one deadline, not a per-``recv`` timeout.
+read), and the whole exchange shares one deadline, not a per-``recv`` timeout: a
+:class:`Deadline` that the caller then also checks around verification, so
+``timeout`` bounds the whole attestation of a connection. Parsing is linear:
+the end of the headers is searched for only in newly received bytes, header
+lines are split once, and repeated header values are joined once.
 """
 
 from __future__ import annotations
 
 import re
 import ssl
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from blindbox import __version__
+from blindbox import __version__, _http
 from blindbox._text import shown
 from blindbox.attest.evidence import EVIDENCE_PATH, MAX_EVIDENCE_BYTES, Evidence, encode_nonce
 from blindbox.errors import NotAnEnclaveError
@@ -25,7 +28,7 @@ _RECV_SIZE = 16 * 1024
 
 
 class ExchangeTimeout(Exception):
-    """The evidence exchange did not finish before its deadline."""
+    """The attestation of a connection (evidence exchange, then verification) overran its deadline."""
 
 
 class _Socket(Protocol):
@@ -43,24 +46,31 @@ class EvidenceResponse:
     keep_alive: bool
 
 
-class _Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._end = time.monotonic() + seconds
+class Deadline(_http.Deadline):
+    """One monotonic deadline for the attestation of one connection (exchange and verification).
+
+    The one deadline of :mod:`blindbox._http`, with checks that raise :class:`ExchangeTimeout`.
+    """
+
+    def check(self, step: str) -> None:
+        """Raise :class:`ExchangeTimeout` naming ``step`` if the deadline has passed."""
+        if self.remaining() <= 0:
+            raise ExchangeTimeout(f"attestation: {step} not finished within the {self.seconds:g} s timeout")
 
     def arm(self, sock: _Socket) -> None:
-        remaining = self._end - time.monotonic()
-        if remaining <= 0:
-            raise ExchangeTimeout(f"evidence exchange: no complete answer within {self.seconds:g} s")
-        sock.settimeout(remaining)
+        """Check the deadline and shrink the socket's timeout to what remains of it."""
+        self.check("evidence exchange")
+        sock.settimeout(self.remaining())
 
 
-def _recv(sock: _Socket, limit: int, deadline: _Deadline) -> bytes:
+def _recv(sock: _Socket, limit: int, deadline: Deadline) -> bytes:
     deadline.arm(sock)
     try:
         return sock.recv(min(_RECV_SIZE, limit))
     except TimeoutError as exc:
-        raise ExchangeTimeout(f"evidence exchange: no complete answer within {deadline.seconds:g} s") from exc
+        raise ExchangeTimeout(
+            f"attestation: evidence exchange not finished within the {deadline.seconds:g} s timeout"
+        ) from exc
     except ssl.SSLZeroReturnError:
         return b""
 
@@ -72,19 +82,17 @@ def _parse_head(head: bytes) -> tuple[str, int, str, dict[bytes, bytes]]:
         raise NotAnEnclaveError(
             f"evidence: expected an HTTP/1.x status line, found {lines[0][:80]!r}"
         )
-    headers: dict[bytes, bytes] = {}
+    values: dict[bytes, list[bytes]] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep or not _TOKEN_RE.fullmatch(name):
             raise NotAnEnclaveError(f"evidence: malformed response header line {line[:80]!r}")
         key = name.lower()
-        value = value.strip(b" \t")
-        if key in headers:
-            if key in (b"content-length", b"transfer-encoding"):
-                raise NotAnEnclaveError(f"evidence: duplicate {name.decode('ascii')} header")
-            headers[key] += b", " + value
-        else:
-            headers[key] = value
+        if key in values and key in (b"content-length", b"transfer-encoding"):
+            raise NotAnEnclaveError(f"evidence: duplicate {name.decode('ascii')} header")
+        values.setdefault(key, []).append(value.strip(b" \t"))
+    # Joined once at the end: appending to a growing bytes value per line would be quadratic.
+    headers = {key: b", ".join(parts) for key, parts in values.items()}
     reason = (status.group(3) or b"").decode("latin-1")
     return status.group(1).decode("ascii"), int(status.group(2)), reason, headers
 
@@ -96,14 +104,16 @@ def _keep_alive(version: str, headers: dict[bytes, bytes]) -> bool:
     return version == "1.1" or b"keep-alive" in tokens
 
 
-def fetch_evidence(sock: _Socket, *, host: str, nonce: bytes | None, timeout: float) -> EvidenceResponse:
+def fetch_evidence(sock: _Socket, *, host: str, nonce: bytes | None,
+                   timeout: float | Deadline) -> EvidenceResponse:
     """Send ``GET /.well-known/blindbox/attestation`` on ``sock`` and return the parsed evidence.
 
-    Raises :class:`NotAnEnclaveError` when the answer is not a complete ``200``
-    evidence document within the size cap, and :class:`ExchangeTimeout` when
-    ``timeout`` seconds pass first. Socket errors propagate as ``OSError``.
+    ``timeout`` is a number of seconds or the :class:`Deadline` of the whole attestation, which
+    the caller checks again around verification. Raises :class:`NotAnEnclaveError` when the
+    answer is not a complete ``200`` evidence document within the size cap, and
+    :class:`ExchangeTimeout` when the deadline passes first. Socket errors propagate as ``OSError``.
     """
-    deadline = _Deadline(timeout)
+    deadline = timeout if isinstance(timeout, Deadline) else Deadline(timeout)
     target = EVIDENCE_PATH if nonce is None else f"{EVIDENCE_PATH}?nonce={encode_nonce(nonce)}"
     request = (
         f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
@@ -113,10 +123,14 @@ def fetch_evidence(sock: _Socket, *, host: str, nonce: bytes | None, timeout: fl
     try:
         sock.sendall(request)
     except TimeoutError as exc:
-        raise ExchangeTimeout(f"evidence exchange: request not sent within {timeout:g} s") from exc
+        raise ExchangeTimeout(
+            f"attestation: evidence request not sent within the {deadline.seconds:g} s timeout"
+        ) from exc
 
     buffer = bytearray()
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
+    scanned = 0  # bytes already searched for the blank line (less the 3 a split marker may need)
+    while (end := buffer.find(b"\r\n\r\n", scanned)) < 0:
+        scanned = max(0, len(buffer) - 3)
         room = MAX_EVIDENCE_BYTES - len(buffer)
         if room <= 0:
             raise NotAnEnclaveError(
@@ -132,9 +146,10 @@ def fetch_evidence(sock: _Socket, *, host: str, nonce: bytes | None, timeout: fl
     head_size = end + 4
     version, status, reason, headers = _parse_head(bytes(buffer[:end]))
     if status != 200:
+        found = f"{status} {shown(reason, 80)}".rstrip()
         raise NotAnEnclaveError(
-            f"evidence: expected HTTP 200 for GET {EVIDENCE_PATH}, found {status} {shown(reason)}".rstrip()
-            + " (the server does not serve BlindBox evidence)"
+            f"evidence: expected HTTP 200 for GET {EVIDENCE_PATH}, found {found} "
+            "(the server does not serve BlindBox evidence)"
         )
     if b"transfer-encoding" in headers:
         raise NotAnEnclaveError(
@@ -164,8 +179,10 @@ def fetch_evidence(sock: _Socket, *, host: str, nonce: bytes | None, timeout: fl
         raise NotAnEnclaveError(
             f"evidence: {len(body) - length} unexpected bytes after the {length}-byte evidence body"
         )
+    evidence = Evidence.from_json(bytes(body))
+    deadline.check("evidence exchange")
     return EvidenceResponse(
-        evidence=Evidence.from_json(bytes(body)),
+        evidence=evidence,
         size=head_size + length,
         keep_alive=_keep_alive(version, headers),
     )

@@ -8,6 +8,7 @@ with :class:`~blindbox.errors.OriginRefusedError` instead of being sent.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urljoin, urlsplit
@@ -115,7 +116,7 @@ class Origin:
             raise OriginRefusedError(f"url: {exc} in {redact(url)}") from None
         return cls(host=host, port=port)
 
-    @property
+    @functools.cached_property
     def url(self) -> str:
         """``https://host`` (port 443) or ``https://host:port``, without a trailing slash."""
         host = _host_for_url(self.host)

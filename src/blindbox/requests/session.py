@@ -5,11 +5,15 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from typing import Any, ClassVar
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, BaseAdapter, HTTPAdapter
 from requests.models import PreparedRequest, Request, Response
+from requests.sessions import merge_setting
+from requests.utils import get_environ_proxies
 
 from blindbox.attest.manifest import Manifest
 from blindbox.attest.verifier import Attestation
@@ -29,7 +33,15 @@ from blindbox.requests.config import (
 from blindbox.requests.origin import Origin, redact
 from blindbox.snp.verify import KdsSource
 
+if TYPE_CHECKING:
+    from requests.sessions import _Settings
+
 log = logging.getLogger("blindbox.requests")
+_merge = cast(Callable[[Any, Any], Any], merge_setting)
+
+#: Whether urllib reads proxy settings from the environment alone (on macOS and Windows it also
+#: reads system settings, which no snapshot of the environment covers).
+_PROXIES_FROM_ENVIRONMENT = os.supports_bytes_environ and sys.platform != "darwin"
 
 
 class SecureSession(requests.Session):
@@ -115,6 +127,7 @@ class SecureSession(requests.Session):
         attestor = Attestor(attestation_policy, build_roots(roots), nonce=bool(nonce), timeout=seconds,
                             requirements=expectations.requirements, kds=kds)
         self._attestor: Attestor | None = None  # requests' default adapters are never mounted
+        self._environment: tuple[object, tuple[dict[str, str], str | None]] | None = None
         super().__init__()
         self._origin = origin
         self._manifest = expectations.manifest
@@ -140,6 +153,35 @@ class SecureSession(requests.Session):
         settings = self.merge_environment_settings(self._origin.url, {}, None, None, None)
         self._adapter.connect_origin(settings["proxies"], self._adapter.attestor.timeout,
                                      verify=settings["verify"])
+
+    def merge_environment_settings(self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any,
+                                   cert: Any) -> _Settings:
+        """As ``requests.Session`` does, reading the environment once per change of it.
+
+        The environment's proxies (for the URL's host) and CA bundle are kept
+        with an exact copy of the environment they came from and looked up
+        again whenever it differs, so the eager attestation and the first
+        request do not both scan it. Where urllib also reads system proxy
+        settings (macOS, Windows), every call looks them up as requests does.
+        """
+        if not (self.trust_env and _PROXIES_FROM_ENVIRONMENT and isinstance(url, str)):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        no_proxy = proxies.get("no_proxy") if proxies is not None else None
+        key = (url.split("/", 3)[:3], no_proxy, dict(os.environb))
+        memo = self._environment
+        if memo is not None and memo[0] == key:
+            env_proxies, env_bundle = memo[1]
+        else:
+            env_proxies = get_environ_proxies(url, no_proxy=no_proxy)
+            env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            self._environment = (key, (env_proxies, env_bundle))
+        if proxies is not None:
+            for name, value in env_proxies.items():
+                proxies.setdefault(name, value)
+        if verify is True or verify is None:
+            verify = env_bundle or verify
+        return {"proxies": _merge(proxies, self.proxies), "stream": _merge(stream, self.stream),
+                "verify": _merge(verify, self.verify), "cert": _merge(cert, self.cert)}
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("a SecureSession cannot be pickled: its pins belong to this process's connections")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import functools
 import ipaddress
 import os
 import ssl
@@ -78,13 +79,13 @@ class TlsIdentity:
         with os.fdopen(fd, "wb") as fh:
             fh.write(self.key_pem)
 
-    @property
+    @functools.cached_property
     def cert_der(self) -> bytes:
         return x509.load_pem_x509_certificate(self.cert_pem).public_bytes(serialization.Encoding.DER)
 
-    @property
+    @functools.cached_property
     def spki_der(self) -> bytes:
-        """The DER SubjectPublicKeyInfo that protocol v1 binds into report_data."""
+        """The DER SubjectPublicKeyInfo that protocol v1 binds into report_data (read once)."""
         cert = x509.load_pem_x509_certificate(self.cert_pem)
         return cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -37,6 +37,7 @@ be cited, so nothing is enforced here:
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from dataclasses import dataclass
 
 from blindbox.snp.product import Product
@@ -174,11 +175,13 @@ RECOMMENDED: tuple[TcbFloor, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=64)
 def recommended_floors(product: Product, cpuid: Cpuid | None) -> tuple[TcbFloor, ...]:
     """The floors that bind a report of ``product`` with ``cpuid`` (None for v2: all of them)."""
     return tuple(floor for floor in RECOMMENDED if floor.applies_to(product, cpuid))
 
 
+@functools.lru_cache(maxsize=64)
 def recommended_tcb(product: Product, cpuid: Cpuid | None) -> TcbVersion:
     """The component-wise maximum of the binding floors, in ``product``'s TCB layout."""
     values = dict.fromkeys(COMPONENTS, 0)

@@ -50,6 +50,16 @@ def _signature_ok(subject_der: bytes, issuer_der: bytes) -> bool:
     return True
 
 
+def _is_ca(cert: AmdCertificate) -> bool:
+    return _is_ca_by_der(cert.der)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_ca_by_der(der: bytes) -> bool:
+    """``AmdCertificate.is_ca``, decoded once per exact DER."""
+    return AmdCertificate.from_der(der).is_ca()
+
+
 def _check_validity(cert: AmdCertificate, role: str, at: _dt.datetime) -> None:
     if not cert.valid_at(at):
         raise NotAnEnclaveError(
@@ -68,7 +78,7 @@ def _check_leaf(leaf: AmdCertificate, signing_key: SigningKey) -> None:
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise NotAnEnclaveError(f"{signing_key.name}: expected an ECDSA P-384 public key")
-    if leaf.is_ca():
+    if _is_ca(leaf):
         raise NotAnEnclaveError(f"{signing_key.name}: a signing key must not be a CA certificate")
 
 
@@ -109,7 +119,7 @@ def verify_chain(
         if not _signature_ok(leaf.der, ca.der):
             tried.append(f"{ca.common_name!r} (signature does not verify)")
             continue
-        if not ca.is_ca():
+        if not _is_ca(ca):
             tried.append(f"{ca.common_name!r} (not a CA certificate)")
             continue
         for anchor in anchors:
@@ -117,7 +127,7 @@ def verify_chain(
             if ca.issuer_der != ark.subject_der or not _signature_ok(ca.der, ark.der):
                 tried.append(f"{ca.common_name!r} not signed by anchor {ark.common_name!r}")
                 continue
-            if not ark.is_ca() or not _signature_ok(ark.der, ark.der):
+            if not _is_ca(ark) or not _signature_ok(ark.der, ark.der):
                 tried.append(f"anchor {ark.common_name!r} is not a self-signed CA")
                 continue
             _check_validity(ca, "intermediate", at)

@@ -26,7 +26,13 @@ GENERALIZED_TIME = 0x18
 SEQUENCE = 0x30
 SET = 0x31
 
-_MAX_DEPTH = 16
+#: The widest INTEGER read by default: the AMD profile has no integer wider than 64 bits.
+MAX_INT_BITS = 64
+#: Serial numbers may have up to 20 octets (RFC 5280, section 4.1.2.2).
+MAX_SERIAL_BITS = 160
+#: The longest OBJECT IDENTIFIER accepted (content octets) and the widest arc (a UUID arc is 128 bits).
+MAX_OID_BYTES = 64
+MAX_OID_ARC_BITS = 128
 
 
 class DerError(ValueError):
@@ -105,15 +111,24 @@ def read_single(data: bytes, tag: int | None = None) -> Tlv:
     return tlv
 
 
-def as_int(tlv: Tlv) -> int:
-    """Decode a minimally encoded INTEGER (any sign)."""
+def as_int(tlv: Tlv, max_bits: int = MAX_INT_BITS) -> int:
+    """Decode a minimally encoded INTEGER (any sign) whose magnitude fits in ``max_bits`` bits.
+
+    The bound keeps attacker-sized integers out of every later comparison and message
+    (Python refuses to print an integer of more than 4300 decimal digits).
+    """
     tlv.expect(INTEGER)
     c = tlv.content
     if not c:
         raise DerError("empty INTEGER")
     if len(c) > 1 and ((c[0] == 0 and c[1] < 0x80) or (c[0] == 0xFF and c[1] >= 0x80)):
         raise DerError("non-minimal INTEGER")
-    return int.from_bytes(c, "big", signed=True)
+    if len(c) > max_bits // 8 + 1:
+        raise DerError(f"INTEGER of {len(c)} bytes; expected at most {max_bits} bits")
+    value = int.from_bytes(c, "big", signed=True)
+    if abs(value).bit_length() > max_bits:
+        raise DerError(f"INTEGER of {abs(value).bit_length()} bits; expected at most {max_bits} bits")
+    return value
 
 
 def as_oid(tlv: Tlv) -> str:
@@ -122,6 +137,8 @@ def as_oid(tlv: Tlv) -> str:
     c = tlv.content
     if not c or c[-1] & 0x80:
         raise DerError("malformed OBJECT IDENTIFIER")
+    if len(c) > MAX_OID_BYTES:
+        raise DerError(f"OBJECT IDENTIFIER of {len(c)} bytes; expected at most {MAX_OID_BYTES}")
     arcs: list[int] = []
     value = 0
     start = True
@@ -129,6 +146,8 @@ def as_oid(tlv: Tlv) -> str:
         if start and byte == 0x80:
             raise DerError("non-minimal OBJECT IDENTIFIER arc")
         value = (value << 7) | (byte & 0x7F)
+        if value.bit_length() > MAX_OID_ARC_BITS:
+            raise DerError(f"OBJECT IDENTIFIER arc wider than {MAX_OID_ARC_BITS} bits")
         start = not byte & 0x80
         if start:
             arcs.append(value)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,7 +76,7 @@ def _collect(certificates: Mapping[str, CertificateInput] | CertificateInput | N
     if certificates is None:
         return None, []
     if not isinstance(certificates, Mapping):
-        return AmdCertificate.load(certificates), []
+        return _load(certificates), []
     unknown = set(certificates) - set(CERTIFICATE_NAMES)
     if unknown:
         raise NotAnEnclaveError(
@@ -88,11 +90,40 @@ def _collect(certificates: Mapping[str, CertificateInput] | CertificateInput | N
             f"found only a {other.upper()}"
         )
     leaf_input = certificates.get(wanted)
-    leaf = AmdCertificate.load(leaf_input) if leaf_input is not None else None
+    leaf = _load(leaf_input) if leaf_input is not None else None
     # An ARK from the evidence is never an anchor; only ASK/ASVK are chain candidates.
-    intermediates = [AmdCertificate.load(certificates[name]) for name in ("ask", "asvk")
+    intermediates = [_load(certificates[name]) for name in ("ask", "asvk")
                      if certificates.get(name) is not None]
     return leaf, intermediates
+
+
+def _load(value: CertificateInput) -> AmdCertificate:
+    """``AmdCertificate.load``, parsed once per process for exactly the same PEM or DER input."""
+    if type(value) is str or type(value) is bytes:
+        return _load_exact(value)
+    return AmdCertificate.load(value)  # parsed already, or bytes-like (not hashable)
+
+
+@functools.lru_cache(maxsize=256)
+def _load_exact(value: bytes | str) -> AmdCertificate:
+    """Keyed by the exact text or bytes; input that does not parse raises every time."""
+    return AmdCertificate.load(value)
+
+
+def _extensions(cert: AmdCertificate) -> KdsExtensions:
+    """``parse_extensions(cert)``, decoded once per process for the exact DER of the certificate.
+
+    The rules that bind the extensions to a report (:func:`check_against_report`)
+    still run on every report. Each caller gets its own copy of the one mutable part.
+    """
+    parsed = _extensions_by_der(cert.der)
+    return dataclasses.replace(parsed, reserved_spls=dict(parsed.reserved_spls))
+
+
+@functools.lru_cache(maxsize=256)
+def _extensions_by_der(der: bytes) -> KdsExtensions:
+    """Keyed by the exact DER; a malformed certificate raises every time (errors are not cached)."""
+    return parse_extensions(AmdCertificate.from_der(der))
 
 
 def verify_report(
@@ -161,7 +192,7 @@ def verify_report(
 
         leaf = kds.vcek(fetch_product, parsed.chip_id, parsed.reported_tcb, check=chains_to_roots)
 
-    extensions = parse_extensions(leaf)
+    extensions = _extensions(leaf)
     cert_product = extensions.product
     if parsed.product is None:
         parsed = parsed.with_product(cert_product)
