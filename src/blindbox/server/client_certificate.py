@@ -20,8 +20,11 @@ import ctypes
 import select
 import ssl
 import sys
+import sysconfig
 import time
 from typing import Any
+
+from blindbox.errors import ConfigurationError
 
 _SSL_VERIFY_PEER = 0x01
 _SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 0x02
@@ -35,8 +38,8 @@ def _accept_any(preverify_ok: int, store: int | None) -> int:
 _accept: Any = _VERIFY_CALLBACK(_accept_any)  # module-level: lives as long as OpenSSL may call it
 
 
-class ClientCertificateUnsupported(RuntimeError):
-    """This Python cannot accept client certificates without a trust anchor."""
+class ClientCertificateUnsupported(ConfigurationError):
+    """This Python cannot accept client certificates without a trust anchor (a policy lists SPKIs)."""
 
 
 def _libssl() -> ctypes.CDLL:
@@ -58,8 +61,10 @@ def accept_any_client_certificate(context: ssl.SSLContext) -> None:
     (not CPython, a debug build, no single libssl).
     """
     if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount") \
-            or ctypes.sizeof(ctypes.c_void_p) != 8:
-        raise ClientCertificateUnsupported("client certificates need a 64-bit CPython release build")
+            or sysconfig.get_config_var("Py_GIL_DISABLED") or ctypes.sizeof(ctypes.c_void_p) != 8:
+        raise ClientCertificateUnsupported(
+            "client certificates (authentication.client_certificate_spki_sha256) need a 64-bit CPython "
+            "release build with the GIL")
     lib = _libssl()
     lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
     lib.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
