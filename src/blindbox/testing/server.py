@@ -34,8 +34,10 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
-from blindbox.attest.evidence import EVIDENCE_PATH, Evidence, decode_nonce
+from blindbox.attest.evidence import EVIDENCE_PATH, Evidence
 from blindbox.server.client_certificate import request_client_certificate
+from blindbox.server.evidence import parse_nonce_query
+from blindbox.server.framing import Refusal
 from blindbox.server.tls import TlsIdentity
 
 log = logging.getLogger("blindbox.testing")
@@ -236,17 +238,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if Fault.NO_EVIDENCE in faults:
             self._send(404, b'{"error": "not found"}')
             return
-        params = urllib.parse.parse_qs(query, keep_blank_values=True)
-        nonce: bytes | None = None
-        if "nonce" in params:
-            values = params["nonce"]
-            try:
-                if len(values) != 1:
-                    raise ValueError("nonce: expected exactly one value")
-                nonce = decode_nonce(values[0])
-            except ValueError as exc:
-                self._send(400, json.dumps({"error": str(exc)}).encode())
-                return
+        try:
+            nonce = parse_nonce_query(query)
+        except Refusal as refusal:
+            self._send(400, json.dumps({"error": refusal.reason}).encode())
+            return
         if Fault.SLOW_EVIDENCE in faults:
             time.sleep(self.server.slow_seconds)
         if Fault.HUGE_JSON in faults:
