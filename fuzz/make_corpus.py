@@ -82,6 +82,14 @@ def seeds() -> dict[str, list[bytes]]:
                                                       {"host": "logs.example.com"}]}}
     out["manifest"] = [json.dumps(manifest, indent=2).encode(), json.dumps(manifest, sort_keys=True).encode()]
     out["kds_headers"] = [b"120", b"Wed, 21 Oct 2015 07:28:00 GMT", b"5", b"1024"]
+    token = b"Authorization: Bearer fuzz-token\r\n"
+    out["agent_request"] = [
+        b"GET /.well-known/blindbox/attestation?nonce=" + b"A" * 43 + b" HTTP/1.1\r\nHost: e\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: e\r\n" + token + b"Content-Length: 5\r\n\r\nhello",
+        b"POST /upload HTTP/1.1\r\nHost: e\r\n" + token + b"Transfer-Encoding: chunked\r\n"
+        b"Expect: 100-continue\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET / HTTP/1.0\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+    ]
     return out
 
 

@@ -10,6 +10,7 @@ too. Any exception outside ``allowed`` is a finding, and so is any input that ta
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import io
 import os
 import tempfile
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import h11
 import requests
 
 from blindbox.errors import (
@@ -28,6 +30,7 @@ from blindbox.errors import (
     NotAnEnclaveError,
     PolicyMismatchError,
 )
+from blindbox.server.framing import Refusal
 from blindbox.snp.der import DerError
 from blindbox.snp.product import Product
 from blindbox.snp.report import AttestationReport
@@ -243,6 +246,53 @@ def kds_headers(data: bytes) -> None:
     read_bounded(response, 5)
 
 
+@cache
+def _agent_auth() -> object:
+    from blindbox.attest.owner_policy import OwnerPolicy
+    from blindbox.server.auth import Authenticator
+
+    token_sha256 = hashlib.sha256(b"fuzz-token").hexdigest()
+    return Authenticator(OwnerPolicy(authentication_required=True, bearer_token_sha256=(token_sha256,)))
+
+
+def agent_request(data: bytes) -> None:
+    """The agent's handling of a client's bytes before anything reaches the upstream: the head
+    arriving in pieces (incremental framing scan), the smuggling checks, h11's parse of head and
+    body, authentication and the upstream header rewrite."""
+    import h11
+
+    from blindbox.server.auth import Authenticator
+    from blindbox.server.framing import MAX_HEAD_BYTES, check_head, head_end
+    from blindbox.server.headers import upstream_request_headers
+
+    buffer, scanned, end = bytearray(), 0, None
+    for start in range(0, len(data), 7):
+        buffer += data[start:start + 7]
+        end = head_end(buffer, scanned)
+        if end is not None:
+            break
+        scanned = len(buffer)
+    if end is None:
+        return
+    check_head(bytes(buffer[:end]))
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    conn.receive_data(data)
+    conn.receive_data(b"")
+    event = conn.next_event()
+    if not isinstance(event, h11.Request):
+        return
+    auth = _agent_auth()
+    assert isinstance(auth, Authenticator)
+    principal = auth.bearer(event.headers)
+    upstream_request_headers(event.headers, client_ip="198.18.0.1", chunked=False,
+                             principal=None if principal is None else principal.digest,
+                             drop_authorization=principal is not None)
+    for _ in range(1024):  # the body, to its end or the first framing error
+        event = conn.next_event()
+        if event is h11.NEED_DATA or isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            return
+
+
 _DER = (mutators.mutate_der,) * 3 + mutators.BYTES
 _TEXT = (mutators.insert_run, *mutators.BYTES)
 
@@ -261,4 +311,6 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("measure", measure_ovmf, (MeasurementError,), (mutators.mutate_ovmf,) * 3 + mutators.BYTES,
            64 * 1024),
     Target("kds_headers", kds_headers, (requests.exceptions.InvalidHeader,), _TEXT, 8 * 1024),
+    Target("agent_request", agent_request, (Refusal, h11.RemoteProtocolError),
+           (mutators.mutate_http,) * 4 + _TEXT, 40 * 1024),
 )}

@@ -379,3 +379,42 @@ def test_metadata_with_too_many_sections_is_refused(tmp_path: Path) -> None:
 def test_real_ovmf_metadata_is_far_below_the_bounds() -> None:
     result = measure(VECTORS / "measure" / "ovmf_AmdSev_suffix.bin", vcpus=1, vcpu_type="EPYC-Milan")
     assert len(result.digest) == 48
+
+
+# -- the agent's request head (server/framing.py), fed as a slowloris client sends it ---------------
+def _feed_head_bytewise(head: bytes) -> int | None:
+    from blindbox.server.framing import head_end
+
+    buffer, scanned = bytearray(), 0
+    for byte in head:
+        buffer.append(byte)
+        end = head_end(buffer, scanned)
+        if end is not None:
+            return end
+        scanned = len(buffer)
+    return None
+
+
+def test_agent_head_arriving_one_byte_at_a_time_is_scanned_once() -> None:
+    from blindbox.server.framing import MAX_HEAD_BYTES, Refusal
+
+    filler = b"X-Pad: " + b"a" * 100 + b"\r\n"
+    head = b"GET / HTTP/1.1\r\nHost: e\r\n" + filler * ((MAX_HEAD_BYTES - 200) // len(filler)) + b"\r\n"
+    with within():
+        assert _feed_head_bytewise(head) == len(head)
+    with within(), pytest.raises(Refusal, match="431"):
+        _feed_head_bytewise(b"GET / HTTP/1.1\r\n" + b"a" * (MAX_HEAD_BYTES + 1))
+
+
+def test_agent_head_split_anywhere_is_found_and_bare_lf_still_refused() -> None:
+    from blindbox.server.framing import Refusal, head_end
+
+    head = b"GET / HTTP/1.1\r\nHost: e\r\n\r\n"
+    for cut in range(1, len(head)):
+        assert head_end(head[:cut], 0) is None
+        assert head_end(head, cut) == len(head), cut
+    bare = b"GET / HTTP/1.1\r\nHost: e\nX: y\r\n\r\n"
+    for cut in range(1, len(bare)):
+        with pytest.raises(Refusal, match="bare LF"):
+            if head_end(bare[:cut], 0) is None:
+                head_end(bare, cut)

@@ -167,14 +167,16 @@ class ClientConnection:
     def _read_head(self, pending: bytearray) -> int | None:
         """Read until ``pending`` holds a whole request head; its length, or None to close quietly."""
         started: float | None = time.monotonic() if pending else None
+        scanned = 0
         while True:
             try:
-                end = head_end(pending)
+                end = head_end(pending, scanned)
             except Refusal as refusal:
                 self._refuse(h11.Connection(h11.SERVER), refusal, close=True)
                 return None
             if end is not None:
                 return end
+            scanned = len(pending)
             if started is None:
                 if not self._wait_readable(self.limits.idle_timeout):
                     return None

@@ -40,18 +40,20 @@ class Refusal(Exception):
         return f"{self.status}: {self.reason}"
 
 
-def head_end(buffer: bytes | bytearray) -> int | None:
+def head_end(buffer: bytes | bytearray, scanned_before: int = 0) -> int | None:
     """Offset just past the request head in ``buffer``, or None while it is incomplete.
 
     Raises :class:`Refusal` as soon as the bytes so far cannot start a valid
     head: a bare LF, an empty first line, or a head longer than
-    :data:`MAX_HEAD_BYTES`.
+    :data:`MAX_HEAD_BYTES`. ``scanned_before`` is the length of ``buffer`` at an
+    earlier call that returned None: only what came after is scanned again, so
+    a head that arrives one byte at a time costs linear time, not quadratic.
     """
-    end = buffer.find(_TERMINATOR)
+    end = buffer.find(_TERMINATOR, max(0, scanned_before - (len(_TERMINATOR) - 1)))
     scanned = len(buffer) if end < 0 else end + len(_TERMINATOR)
     if buffer.startswith(b"\r\n") or buffer.startswith(b"\n"):
         raise Refusal(400, "empty line before the request line")
-    lf = buffer.find(b"\n", 0, scanned)
+    lf = buffer.find(b"\n", scanned_before, scanned)
     while lf >= 0:
         if lf == 0 or buffer[lf - 1] != 0x0D:
             raise Refusal(400, "bare LF in the request head (lines must end with CRLF)")
