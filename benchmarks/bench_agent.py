@@ -519,9 +519,11 @@ def print_table(summary: dict[str, Any], targets: list[str]) -> None:
 
 
 def _missing(haproxy: bool, pin: bool) -> list[str]:
+    """The Debian packages whose programs are not on PATH (``/usr/sbin`` and ``/sbin`` added to it)."""
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])
     needed = ["nginx", "wrk"] + (["taskset"] if pin else []) + (["haproxy"] if haproxy else [])
-    return [PACKAGES[program] for program in needed if shutil.which(program) is None
-            and not Path(f"/usr/sbin/{program}").exists()]
+    return [PACKAGES[program] for program in needed if shutil.which(program) is None]
 
 
 def _versions() -> dict[str, str]:
@@ -569,6 +571,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`&`)
     procs = Processes(args.pin)
     started = dt.datetime.now(dt.timezone.utc)
     try:
