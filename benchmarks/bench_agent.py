@@ -391,7 +391,10 @@ class Bench:
         pgid = self.pgids.get(target) if target != "direct" else None
         load1 = os.getloadavg()[0]
         cpu0 = _group_cpu_seconds(pgid) if pgid else 0.0
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"wrk against {target} did not finish within {duration + 30} s") from None
         cpu = (_group_cpu_seconds(pgid) - cpu0) if pgid else 0.0
         if done.returncode != 0:
             raise BenchError(f"wrk failed ({done.returncode}): {(done.stdout + done.stderr).strip()}")
