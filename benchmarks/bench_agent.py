@@ -162,14 +162,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_http(port: int, tls: bool, proc: subprocess.Popen[bytes], log: Path, timeout: float = 15) -> None:
+def _wait_http(what: str, port: int, tls: bool, proc: subprocess.Popen[bytes], log: Path,
+               timeout: float = 15) -> None:
     """Wait until ``GET /1k`` and ``GET /1m`` on ``port`` return the whole file."""
     deadline = time.monotonic() + timeout
-    context = ssl._create_unverified_context() if tls else None  # the benchmark's own self-signed cert
+    context = None
+    if tls:  # certificates made by this run (wrk does not verify either)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     last = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(f"{proc.args[0]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            raise BenchError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
             for name, size in BODIES.items():
                 conn: http.client.HTTPConnection = (
@@ -185,7 +190,8 @@ def _wait_http(port: int, tls: bool, proc: subprocess.Popen[bytes], log: Path, t
         except (OSError, http.client.HTTPException, BenchError) as exc:
             last = str(exc)
             time.sleep(0.1)
-    raise BenchError(f"port {port} not serving after {timeout} s ({last}); log: {log.read_text()[-2000:]}")
+    raise BenchError(f"{what} not serving on port {port} after {timeout} s ({last}); "
+                     f"log: {log.read_text()[-2000:]}")
 
 
 # --------------------------------------------------------------------------- targets
@@ -330,7 +336,7 @@ class Bench:
         proc = self.procs.start(["nginx", "-e", str(self.tmp / f"{name}.error.log"), "-p", str(self.tmp),
                                  "-c", str(path)], log, cpu)
         self.pgids[name] = proc.pid
-        _wait_http(self.ports["direct" if name == "upstream" else name], tls, proc, log)
+        _wait_http(name, self.ports["direct" if name == "upstream" else name], tls, proc, log)
 
     def _agent(self, upstream: int, cpu: int) -> None:
         log = self.tmp / "agent.out"
@@ -345,7 +351,7 @@ class Bench:
                 raise BenchError(f"blindbox serve did not start: {log.read_text()[-2000:]}")
             time.sleep(0.05)
         self.ports["agent"] = int(found.group(1))
-        _wait_http(self.ports["agent"], True, proc, log)
+        _wait_http("blindbox serve", self.ports["agent"], True, proc, log)
 
     def _haproxy(self, upstream: int, cpu: int, cert_pem: bytes, key_pem: bytes) -> None:
         from blindbox.server.tls import TlsIdentity
@@ -371,7 +377,7 @@ class Bench:
             time.sleep(0.05)
         placeholder.unlink()
         _haproxy_load_identity(sock, str(placeholder), cert_pem, key_pem)
-        _wait_http(port, True, proc, log)
+        _wait_http("haproxy", port, True, proc, log)
         served = ssl.get_server_certificate(("127.0.0.1", port))
         if ssl.PEM_cert_to_DER_cert(served) != ssl.PEM_cert_to_DER_cert(cert_pem.decode("ascii")):
             raise BenchError("haproxy still serves the placeholder certificate after the runtime API swap")
