@@ -16,6 +16,7 @@ import threading
 import urllib.parse
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -56,6 +57,18 @@ def parse_nonce_query(query: str) -> bytes | None:
         return decode_nonce(values[0])
     except ValueError as exc:
         raise Refusal(400, str(exc)) from None
+
+
+class EvidenceSource(Protocol):
+    """What the agent's evidence endpoint calls: the protocol v1 document for one nonce (or None).
+
+    :class:`EvidenceService` (a report backend) is the production source; the test kit
+    adds a recorded fixture and fault-injecting sources. It may raise
+    :class:`EvidenceBusy` (503 with ``Retry-After``) or :class:`Refusal` (its status);
+    any other exception is a backend failure (503, logged for the operator).
+    """
+
+    def document(self, nonce: bytes | None) -> bytes: ...
 
 
 class EvidenceService:

@@ -119,7 +119,7 @@ class _RecordingReader(io.RawIOBase):
         return n
 
 
-def _echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+def echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """Default app: echoes the request as JSON."""
     length = int(environ.get("CONTENT_LENGTH") or 0)
     body = environ["wsgi.input"].read(length) if length else b""
@@ -393,7 +393,7 @@ class EnclaveServer:
         if Fault.SWITCH_CERTIFICATE in self.faults:
             identities.append(TlsIdentity.generate())
         self._server = _TlsServer(
-            (host, port), app=app or _echo_app, source=evidence, faults=self.faults,
+            (host, port), app=app or echo_app, source=evidence, faults=self.faults,
             identities=identities, other_identity=TlsIdentity.generate(),
             slow_seconds=slow_seconds, io_timeout=io_timeout, redirect_target=redirect_target,
             client_certificates=(client_certificates.decode("ascii")
