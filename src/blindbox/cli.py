@@ -631,27 +631,15 @@ def _cmd_fixture_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_fixture_serve(args: argparse.Namespace) -> int:
-    from blindbox.server.agent import Agent
-    from blindbox.server.auth import Authenticator
-    from blindbox.server.connection import Site
     from blindbox.testing.fixture import RecordedEvidence  # test kit: loaded only here
-    from blindbox.testing.server import echo_app
-    from blindbox.testing.upstream import WsgiUpstream
+    from blindbox.testing.server import EnclaveServer
 
-    app = _load_app(args.app) if args.app else echo_app
-    recorded = RecordedEvidence.load(args.directory)
-    with WsgiUpstream(app) as upstream:
-        site = Site(evidence=recorded, auth=Authenticator(None), upstream=upstream.address)
-        agent = Agent(recorded.identity, site, host="127.0.0.1", port=args.port)
-        host, port = agent.address
-        _say(f"serving SIMULATED enclave fixture {args.directory} at https://{host}:{port} "
-             f"(measurement {recorded.measurement}); Ctrl-C to stop")
-        sys.stdout.flush()
-        try:
-            agent.serve_forever()  # until Ctrl-C: main() says so and exits 130
-        finally:
-            agent.stop(grace=1.0)
-            site.pool.close()
+    app = _load_app(args.app) if args.app else None
+    server = EnclaveServer(app, evidence=RecordedEvidence.load(args.directory), port=args.port)
+    _say(f"serving SIMULATED enclave fixture {args.directory} at {server.url} "
+         f"(measurement {server.measurement}); Ctrl-C to stop")
+    sys.stdout.flush()
+    server.serve_forever()  # until Ctrl-C: main() says so and exits 130
     return EXIT_OK
 
 

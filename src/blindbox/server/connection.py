@@ -249,7 +249,8 @@ class ClientConnection:
                 self.certificate_asked = True
                 self.certificate, early = request_client_certificate_buffered(
                     self.sock, self.limits.certificate_timeout, self.limits.certificate_buffer)
-                conn.receive_data(early)  # the body (or next requests) sent before the client answered
+                if early:  # the body (or next requests) sent before the client answered; b"" is EOF to h11
+                    conn.receive_data(early)
                 if self.certificate is None:
                     self.reusable = False
             principal = auth.certificate(self.certificate)
@@ -306,6 +307,7 @@ class ClientConnection:
                           [(b"allow", b"GET")], close=close)
             return not close
         nonce = parse_nonce_query(query.decode("ascii", "replace"))
+        close = close or self.site.evidence.close_after_evidence
         try:
             document = self.site.evidence.document(nonce)
         except EvidenceBusy as busy:

@@ -66,7 +66,12 @@ class EvidenceSource(Protocol):
     adds a recorded fixture and fault-injecting sources. It may raise
     :class:`EvidenceBusy` (503 with ``Retry-After``) or :class:`Refusal` (its status);
     any other exception is a backend failure (503, logged for the operator).
+    ``close_after_evidence``: answer evidence with ``Connection: close`` (evidence
+    on a connection of its own; clients reconnect and check the key again).
     """
+
+    @property
+    def close_after_evidence(self) -> bool: ...
 
     def document(self, nonce: bytes | None) -> bytes: ...
 
@@ -79,6 +84,8 @@ class EvidenceService:
     always wins. ``max_waiting``: report requests allowed to queue behind the
     one in progress; ``wait_seconds``: how long one may wait for its turn.
     """
+
+    close_after_evidence = False
 
     def __init__(self, backend: ReportBackend, *, spki_der: bytes, policy: bytes | None,
                  certificates: Mapping[str, str] | None = None, max_waiting: int = 8,

@@ -61,10 +61,6 @@ class RecordedEvidence:
             raise ValueError(f"recorded fixtures cannot simulate {names}; use live evidence")
         return self.recorded
 
-    def document(self, nonce: bytes | None) -> bytes:
-        """The recorded document, whatever the nonce (the agent's evidence source protocol)."""
-        return self.recorded.to_json()
-
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> RecordedEvidence:
         """Read a fixture directory, checking its format, that every file is there and that the

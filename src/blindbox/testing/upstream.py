@@ -10,6 +10,7 @@ production; this module gives an in-process WSGI app that upstream:
 
 from __future__ import annotations
 
+import io
 import logging
 import socketserver
 import threading
@@ -21,6 +22,41 @@ from typing import Any
 log = logging.getLogger("blindbox.testing")
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+#: The largest request body the test kit's upstream takes (a chunked one is read whole).
+MAX_BODY = 64 * 1024 * 1024
+
+
+def _buffered(app: WsgiApp) -> WsgiApp:
+    """``app`` given the whole request body, read before it runs (chunked bodies decoded).
+
+    So an app that answers without reading the body (e.g. 413) does not close a
+    connection the agent is still sending on; the agent re-frames every chunked
+    body with h11, so the stream is well formed.
+    """
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        stream, body = environ["wsgi.input"], bytearray()
+        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+            while True:
+                size = int(stream.readline(1024).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while stream.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                if len(body) + size > MAX_BODY:
+                    raise ValueError("request body too large")
+                body += stream.read(size)
+                stream.readline(1024)
+            del environ["HTTP_TRANSFER_ENCODING"]
+        else:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            if length > MAX_BODY:
+                raise ValueError("request body too large")
+            body += stream.read(length) if length else b""
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(bytes(body)), str(len(body))
+        return app(environ, start_response)
+
+    return wrapped
 
 
 class _Handler(wsgiref.simple_server.WSGIRequestHandler):
@@ -38,7 +74,7 @@ class WsgiUpstream:
 
     def __init__(self, app: WsgiApp) -> None:
         self._server = wsgiref.simple_server.make_server(
-            "127.0.0.1", 0, app, server_class=_Server, handler_class=_Handler)
+            "127.0.0.1", 0, _buffered(app), server_class=_Server, handler_class=_Handler)
         self._thread: threading.Thread | None = None
 
     @property
