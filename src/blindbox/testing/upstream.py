@@ -67,6 +67,7 @@ class _Handler(wsgiref.simple_server.WSGIRequestHandler):
 class _Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # (socketserver's 5 drops the agent's connections under load)
 
 
 class WsgiUpstream:
