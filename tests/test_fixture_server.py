@@ -150,11 +150,13 @@ def test_other_requests_go_to_the_wsgi_app(blindbox_enclave: EnclaveServer) -> N
     assert b"POST /echo/path?q=1" in raw and b"payload" in raw
 
 
-def test_slow_evidence_does_not_block_other_connections(
-    blindbox_enclave_factory: Callable[..., EnclaveServer],
-) -> None:
-    server = blindbox_enclave_factory(faults=[Fault.SLOW_EVIDENCE])
-    server._server.slow_seconds = 3.0
+def test_slow_evidence_does_not_block_other_connections() -> None:
+    faults = [Fault.SLOW_EVIDENCE]
+    with EnclaveServer(evidence=LiveEvidence.create(), faults=faults, slow_seconds=3.0) as server:
+        _slow_evidence_does_not_block(server)
+
+
+def _slow_evidence_does_not_block(server: EnclaveServer) -> None:
     slow_done = threading.Event()
 
     def slow() -> None:

@@ -30,7 +30,7 @@ import h11
 from blindbox.attest.evidence import EVIDENCE_PATH
 from blindbox.server.auth import Authenticator, Principal
 from blindbox.server.client_certificate import request_client_certificate_buffered
-from blindbox.server.evidence import EvidenceBusy, EvidenceService, parse_nonce_query
+from blindbox.server.evidence import EvidenceBusy, EvidenceSource, parse_nonce_query
 from blindbox.server.framing import MAX_HEAD_BYTES, Refusal, check_head, head_end
 from blindbox.server.headers import client_response_headers, upstream_request_headers
 from blindbox.server.upstream import UpstreamPool
@@ -63,7 +63,7 @@ class Limits:
 class Site:
     """What every connection shares: evidence, authentication, the upstream and the limits."""
 
-    evidence: EvidenceService
+    evidence: EvidenceSource
     auth: Authenticator
     upstream: tuple[str, int]
     limits: Limits = Limits()
@@ -249,7 +249,8 @@ class ClientConnection:
                 self.certificate_asked = True
                 self.certificate, early = request_client_certificate_buffered(
                     self.sock, self.limits.certificate_timeout, self.limits.certificate_buffer)
-                conn.receive_data(early)  # the body (or next requests) sent before the client answered
+                if early:  # the body (or next requests) sent before the client answered; b"" is EOF to h11
+                    conn.receive_data(early)
                 if self.certificate is None:
                     self.reusable = False
             principal = auth.certificate(self.certificate)
@@ -306,11 +307,15 @@ class ClientConnection:
                           [(b"allow", b"GET")], close=close)
             return not close
         nonce = parse_nonce_query(query.decode("ascii", "replace"))
+        close = close or self.site.evidence.close_after_evidence
         try:
             document = self.site.evidence.document(nonce)
         except EvidenceBusy as busy:
             self._respond(conn, 503, {"error": "too many evidence requests in flight; retry later"},
                           [(b"retry-after", str(busy.retry_after).encode())], close=close)
+            return not close
+        except Refusal as refusal:  # the source's own answer (e.g. a fixture that has no evidence)
+            self._respond(conn, refusal.status, {"error": refusal.reason}, close=close)
             return not close
         except Exception:  # a backend failure: the operator's log says why, the client only that it failed
             log.exception("evidence: the report backend failed")

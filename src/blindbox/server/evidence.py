@@ -16,6 +16,7 @@ import threading
 import urllib.parse
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -58,6 +59,23 @@ def parse_nonce_query(query: str) -> bytes | None:
         raise Refusal(400, str(exc)) from None
 
 
+class EvidenceSource(Protocol):
+    """What the agent's evidence endpoint calls: the protocol v1 document for one nonce (or None).
+
+    :class:`EvidenceService` (a report backend) is the production source; the test kit
+    adds a recorded fixture and fault-injecting sources. It may raise
+    :class:`EvidenceBusy` (503 with ``Retry-After``) or :class:`Refusal` (its status);
+    any other exception is a backend failure (503, logged for the operator).
+    ``close_after_evidence``: answer evidence with ``Connection: close`` (evidence
+    on a connection of its own; clients reconnect and check the key again).
+    """
+
+    @property
+    def close_after_evidence(self) -> bool: ...
+
+    def document(self, nonce: bytes | None) -> bytes: ...
+
+
 class EvidenceService:
     """Makes evidence documents for one TLS key and one policy (or none).
 
@@ -66,6 +84,8 @@ class EvidenceService:
     always wins. ``max_waiting``: report requests allowed to queue behind the
     one in progress; ``wait_seconds``: how long one may wait for its turn.
     """
+
+    close_after_evidence = False
 
     def __init__(self, backend: ReportBackend, *, spki_der: bytes, policy: bytes | None,
                  certificates: Mapping[str, str] | None = None, max_waiting: int = 8,

@@ -1,14 +1,16 @@
 """A real TLS fixture server that speaks protocol v1 — for tests and users' CI.
 
-:class:`EnclaveServer` listens on 127.0.0.1 (ephemeral port), serves HTTP/1.1
-with keep-alive over TLS, answers ``GET /.well-known/blindbox/attestation``
-from an evidence source (live software platform or a recorded fixture), and
-forwards every other request to a WSGI app. It records every byte it receives,
-so tests can prove that a client sent nothing before verification. Fault
-modes make it misbehave in the ways a client must detect. With
-``client_certificates=`` it requires mutual TLS as an enclave should: the
-evidence request is served without a client certificate, every other request
-needs one, asked for by TLS 1.3 post-handshake authentication.
+:class:`EnclaveServer` is the enclave agent (:mod:`blindbox.server`) on
+127.0.0.1 (ephemeral port), with the test kit's pieces plugged into its
+extension points: an evidence source (live software platform or a recorded
+fixture) behind a fault hook, and a WSGI app served on a loopback upstream
+(:mod:`blindbox.testing.upstream`) that the agent proxies to. It records every
+byte it receives (decrypted), so tests can prove that a client sent nothing
+before verification. Fault modes make it misbehave in the ways a client must
+detect. With ``client_certificates=`` it requires mutual TLS as an enclave
+should: the evidence request is served without a client certificate, every
+other request needs one of those listed, asked for by TLS 1.3 post-handshake
+authentication.
 
 The evidence it serves is SIMULATED: it verifies only against the test roots
 the caller passes explicitly, never against AMD's.
@@ -18,32 +20,33 @@ from __future__ import annotations
 
 import base64
 import enum
-import http.server
-import io
+import hashlib
 import json
 import logging
-import socket
-import socketserver
 import ssl
-import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, BinaryIO, Protocol
+from typing import Any, ClassVar, Protocol
+
+import h11
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from blindbox.attest.evidence import EVIDENCE_PATH, Evidence
-from blindbox.server.client_certificate import request_client_certificate
-from blindbox.server.evidence import parse_nonce_query
+from blindbox.attest.owner_policy import OwnerPolicy
+from blindbox.server.agent import Agent
+from blindbox.server.auth import Authenticator, Principal
+from blindbox.server.connection import Limits, Site
 from blindbox.server.framing import Refusal
 from blindbox.server.tls import TlsIdentity
+from blindbox.testing.upstream import WsgiApp, WsgiUpstream
 
 log = logging.getLogger("blindbox.testing")
 
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-MAX_BODY = 64 * 1024 * 1024
+__all__ = ["EnclaveServer", "EvidenceSource", "Fault", "RecordedRequest", "WsgiApp", "echo_app"]
 
 
 class Fault(enum.Enum):
@@ -102,24 +105,7 @@ class _Stats:
     client_certificates: list[tuple[int, bytes]] = field(default_factory=list)
 
 
-class _RecordingReader(io.RawIOBase):
-    """Wraps a socket reader and keeps a copy of every byte read."""
-
-    def __init__(self, inner: BinaryIO, sink: bytearray) -> None:
-        self._inner, self._sink = inner, sink
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._inner.read1(len(buffer))  # type: ignore[attr-defined]
-        n = len(data)
-        buffer[:n] = data
-        self._sink.extend(data)
-        return n
-
-
-def _echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+def echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """Default app: echoes the request as JSON."""
     length = int(environ.get("CONTENT_LENGTH") or 0)
     body = environ["wsgi.input"].read(length) if length else b""
@@ -134,130 +120,30 @@ def _echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> It
     return [out]
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Buffered writes: each response (headers and body, up to 64 KiB: any evidence document) leaves
-    # in one send, flushed by handle_one_request, instead of one for the headers and one for the body.
-    wbufsize = 64 * 1024
-    server: _TlsServer
 
-    def setup(self) -> None:
-        sock: ssl.SSLSocket = self.request
-        sock.settimeout(self.server.io_timeout)
-        try:
-            sock.do_handshake()
-        except (OSError, ssl.SSLError):
-            self.handshake_ok = False
-        else:
-            self.handshake_ok = True
-        super().setup()
-        self.client_certificate_asked = False
-        self.client_certificate: bytes | None = None
-        self.raw = bytearray()
-        with self.server.stats.lock:
-            self.server.stats.connections += 1
-            self.conn_id = self.server.stats.connections
-            self.server.stats.raw.append(self.raw)
-        self.rfile = io.BufferedReader(_RecordingReader(self.rfile, self.raw))  # type: ignore[arg-type]
+class _FaultyEvidence:
+    """The agent's evidence source (:class:`blindbox.server.evidence.EvidenceSource`): the test
+    kit's source, misbehaving as ``faults`` say."""
 
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except OSError:
-            pass
+    def __init__(self, source: EvidenceSource, faults: frozenset[Fault], slow_seconds: float) -> None:
+        self.source, self.faults, self.slow_seconds = source, faults, slow_seconds
+        self.close_after_evidence = Fault.CLOSE_AFTER_EVIDENCE in faults
+        self._other = TlsIdentity.generate() if Fault.WRONG_KEY in faults else None
 
-    def handle(self) -> None:
-        if self.handshake_ok:
-            try:
-                super().handle()
-            except (OSError, ssl.SSLError):
-                pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("fixture server: " + format, *args)
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = bytearray()
-            while True:
-                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(chunks)
-                if len(chunks) + size > MAX_BODY:
-                    raise ValueError("request body too large")
-                chunks += self.rfile.read(size)
-                self.rfile.readline(1024)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise ValueError("request body too large")
-        return self.rfile.read(length) if length else b""
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json",
-              extra: Iterable[tuple[str, str]] = ()) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in extra:
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _dispatch(self) -> None:
-        body = self._read_body()
-        record = RecordedRequest(self.command, self.path, dict(self.headers.items()), body, self.conn_id)
-        with self.server.stats.lock:
-            self.server.stats.requests.append(record)
-        parsed = urllib.parse.urlsplit(self.path)
-        if parsed.path == EVIDENCE_PATH and self.command == "GET":
-            self._serve_evidence(parsed.query)
-        elif self.server.client_auth and not self._client_certificate():
-            self.close_connection = True
-            self._send(403, b'{"error": "a client certificate is required"}')
-        else:
-            self._serve_app(parsed, body)
-
-    def _client_certificate(self) -> bool:
-        """Whether this connection's client presented a certificate (asked for once per connection)."""
-        if not self.client_certificate_asked:
-            self.client_certificate_asked = True
-            self.client_certificate = request_client_certificate(self.request, self.server.io_timeout)
-            if self.client_certificate is not None:
-                with self.server.stats.lock:
-                    self.server.stats.client_certificates.append((self.conn_id, self.client_certificate))
-        return self.client_certificate is not None
-
-    def _serve_evidence(self, query: str) -> None:
-        faults = self.server.faults
-        if Fault.CLOSE_AFTER_EVIDENCE in faults:
-            self.close_connection = True
+    def document(self, nonce: bytes | None) -> bytes:
+        faults = self.faults
         if Fault.NO_EVIDENCE in faults:
-            self._send(404, b'{"error": "not found"}')
-            return
-        try:
-            nonce = parse_nonce_query(query)
-        except Refusal as refusal:
-            self._send(400, json.dumps({"error": refusal.reason}).encode())
-            return
+            raise Refusal(404, "not found")
         if Fault.SLOW_EVIDENCE in faults:
-            time.sleep(self.server.slow_seconds)
+            time.sleep(self.slow_seconds)
         if Fault.HUGE_JSON in faults:
-            self._send(200, b'{"pad": "' + b"A" * (4 * 1024 * 1024) + b'"}')
-            return
+            return b'{"pad": "' + b"A" * (4 * 1024 * 1024) + b'"}'
         if Fault.MALFORMED_JSON in faults:
-            self._send(200, b'{"version": 1, "tee": "sev-snp", "report": ')
-            return
-        identity = self.server.identities[0]
-        spki = identity.spki_der
-        if Fault.WRONG_KEY in faults:
-            spki = self.server.other_identity.spki_der
+            return b'{"version": 1, "tee": "sev-snp", "report": '
+        spki = (self._other or self.source.identity).spki_der
         if Fault.NONCE_IGNORED in faults:
             nonce = None
-        evidence = self.server.source.evidence(spki_der=spki, nonce=nonce, faults=faults)
+        evidence = self.source.evidence(spki_der=spki, nonce=nonce, faults=faults)
         if Fault.CORRUPT_SIGNATURE in faults:
             report = bytearray(evidence.report)
             report[0x2A0] ^= 0x01
@@ -267,104 +153,125 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             doc = json.loads(body)
             doc["report"] = base64.b64encode(evidence.report[:1000]).decode()
             body = json.dumps(doc).encode()
-        self._send(200, body)
+        return body
 
-    def _serve_app(self, parsed: urllib.parse.SplitResult, body: bytes) -> None:
-        if Fault.REDIRECT_OTHER_ORIGIN in self.server.faults:
-            target = self.server.redirect_target + parsed.path
-            self._send(307, b"", "text/plain", [("Location", target)])
+
+_connection = threading.local()  # the number of the connection a thread of the agent serves
+
+
+class _Recorder:
+    """Parses one connection's decrypted request bytes (h11, a parser per request) into records."""
+
+    def __init__(self, stats: _Stats, conn_id: int) -> None:
+        self.stats, self.conn_id = stats, conn_id
+        self.parser: h11.Connection | None = h11.Connection(h11.SERVER)
+        self.request: h11.Request | None = None
+        self.body = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        if self.parser is None:
             return
-        host, port = self.server.server_address[:2]
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": self.command,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": urllib.parse.unquote(parsed.path),
-            "QUERY_STRING": parsed.query,
-            "SERVER_NAME": str(host),
-            "SERVER_PORT": str(port),
-            "SERVER_PROTOCOL": self.request_version,
-            "REMOTE_ADDR": self.client_address[0],
-            "CONTENT_LENGTH": str(len(body)),
-            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "https",
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
-        for key, value in self.headers.items():
-            name = key.upper().replace("-", "_")
-            if name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                continue
-            key_name = f"HTTP_{name}"
-            environ[key_name] = f"{environ[key_name]},{value}" if key_name in environ else value
-        status_headers: list[Any] = []
-
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            status_headers[:] = [status, headers]
-            return lambda data: None
-
-        result = self.server.app(environ, start_response)
+        self.parser.receive_data(data)
         try:
-            out = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        status, headers = status_headers
-        code, _, reason = status.partition(" ")
-        self.send_response(int(code), reason)
-        for k, v in headers:
-            if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(out)
+            while True:
+                event = self.parser.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return
+                if isinstance(event, h11.Request):
+                    self.request, self.body = event, bytearray()
+                elif isinstance(event, h11.Data):
+                    self.body += event.data
+                elif isinstance(event, h11.EndOfMessage) and self.request is not None:
+                    self._record(self.request)
+                    leftover = self.parser.trailing_data[0]
+                    self.parser = h11.Connection(h11.SERVER)
+                    if leftover:  # (b"" would mean end of stream to h11)
+                        self.parser.receive_data(leftover)
+                else:
+                    self.parser = None
+                    return
+        except h11.RemoteProtocolError:
+            self.parser = None  # the agent refuses what does not parse; nothing more is recorded
+
+    def _record(self, request: h11.Request) -> None:
+        headers: dict[str, str] = {}
+        for name, value in request.headers.raw_items():
+            key, text = name.decode("latin-1"), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        record = RecordedRequest(request.method.decode("ascii"), request.target.decode("latin-1"),
+                                 headers, bytes(self.body), self.conn_id)
+        with self.stats.lock:
+            self.stats.requests.append(record)
 
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
+class _RecordingSocket(ssl.SSLSocket):
+    """The agent's TLS sockets (``SSLContext.sslsocket_class``): every decrypted byte received is kept."""
+
+    stats: ClassVar[_Stats]
+    _recorder: _Recorder | None = None
+
+    def do_handshake(self, block: bool = False) -> None:
+        if self._recorder is not None:  # a post-handshake certificate request
+            super().do_handshake(block)
+            return
+        with self.stats.lock:
+            self.stats.connections += 1
+            conn_id = self.stats.connections
+            self._raw = bytearray()
+            self.stats.raw.append(self._raw)
+        self._recorder = _Recorder(self.stats, conn_id)
+        _connection.conn_id = conn_id
+        super().do_handshake(block)
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        data = super().recv(buflen, flags)
+        if data and self._recorder is not None:
+            with self.stats.lock:
+                self._raw += data
+            self._recorder.feed(data)
+        return data
 
 
-class _TlsServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
+class _RecordingAuthenticator(Authenticator):
+    """The agent's authenticator, keeping each connection's client certificate."""
 
-    def __init__(self, address: tuple[str, int], *, app: WsgiApp, source: EvidenceSource,
-                 faults: frozenset[Fault], identities: list[TlsIdentity], other_identity: TlsIdentity,
-                 slow_seconds: float, io_timeout: float, redirect_target: str,
-                 client_certificates: str | None) -> None:
-        self.app, self.source, self.faults = app, source, faults
-        self.identities, self.other_identity = identities, other_identity
-        self.contexts = [identity.server_context() for identity in identities]
-        self.client_auth = client_certificates is not None
-        for context in self.contexts if client_certificates is not None else ():
-            # Post-handshake only: the evidence request is answered on a connection without one.
-            # Asked for later, a certificate must be given and verify (else the TLS alert
-            # certificate_required); a client that cannot be asked gets 403.
-            context.post_handshake_auth = True
-            context.verify_mode = ssl.CERT_REQUIRED
-            context.load_verify_locations(cadata=client_certificates)
-        self.slow_seconds, self.io_timeout, self.redirect_target = slow_seconds, io_timeout, redirect_target
-        self.stats = _Stats()
-        self._accepted = 0
-        super().__init__(address, _Handler)
+    def __init__(self, policy: OwnerPolicy | None, stats: _Stats) -> None:
+        super().__init__(policy)
+        self.stats = stats
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = self.socket.accept()
-        # Headers and body are written separately: without this, delayed ACKs add ~40 ms a response.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # SWITCH_CERTIFICATE: the first connection shows the attested key, later ones another.
-        index = 0 if self._accepted == 0 or len(self.contexts) == 1 else 1
-        self._accepted += 1
-        return self.contexts[index].wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+    def certificate(self, cert_der: bytes | None) -> Principal | None:
+        if cert_der:
+            entry = (int(getattr(_connection, "conn_id", 0)), cert_der)
+            with self.stats.lock:
+                if entry not in self.stats.client_certificates:
+                    self.stats.client_certificates.append(entry)
+        return super().certificate(cert_der)
+
+
+def _certificate_policy(pem: str) -> OwnerPolicy:
+    """An owner policy admitting exactly the client certificates in ``pem`` (by SPKI SHA-256)."""
+    spkis = [hashlib.sha256(cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+        for cert in x509.load_pem_x509_certificates(pem.encode("ascii"))]
+    return OwnerPolicy(authentication_required=True, client_certificate_spki_sha256=spkis)
+
+
+def _app_with_faults(app: WsgiApp, faults: frozenset[Fault], redirect_target: str) -> WsgiApp:
+    """``app`` as the agent's upstream sees it: an HTTPS origin, and REDIRECT_OTHER_ORIGIN."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        environ["wsgi.url_scheme"] = "https"
+        if Fault.REDIRECT_OTHER_ORIGIN in faults:
+            start_response("307 Temporary Redirect", [("Content-Type", "text/plain"), ("Content-Length", "0"),
+                                                      ("Location", redirect_target + environ["PATH_INFO"])])
+            return [b""]
+        return app(environ, start_response)
+
+    return wrapped
 
 
 class EnclaveServer:
-    """A running simulated enclave: TLS on 127.0.0.1, protocol v1 evidence, a WSGI app.
+    """A running simulated enclave: the agent on 127.0.0.1, protocol v1 evidence, a WSGI app.
 
     Use as a context manager. ``roots_pem`` and ``measurement`` are what a
     client needs to trust it (test roots, never AMD's).
@@ -383,32 +290,50 @@ class EnclaveServer:
         redirect_target: str = "https://127.0.0.1:9",
         client_certificates: str | bytes | None = None,
     ) -> None:
-        """``client_certificates``: PEM of the client certificates (or their CA) accepted. When
-        given, every request but the evidence request needs one, asked for after the handshake:
-        a client that answers with none gets the TLS alert ``certificate_required``, one that
-        cannot be asked (no post-handshake authentication) a ``403``."""
+        """``client_certificates``: PEM of the client certificates accepted, matched by SPKI
+        SHA-256 as the agent's owner-policy authentication does (a CA certificate admits only
+        itself). When given, every request but the evidence request needs one, asked for after the
+        handshake: a client that answers with none gets the TLS alert ``certificate_required``, one
+        that cannot be asked (no post-handshake authentication) a ``401``."""
         self.faults = frozenset(faults)
         self.source = evidence
-        identities = [evidence.identity]
+        self._stats = _Stats()
+        pem = client_certificates.decode("ascii") if isinstance(client_certificates, bytes) \
+            else client_certificates
+        self._upstream = WsgiUpstream(_app_with_faults(app or echo_app, self.faults, redirect_target))
+        self._evidence = _FaultyEvidence(evidence, self.faults, slow_seconds)
+        limits = Limits(handshake_timeout=io_timeout, head_timeout=io_timeout, idle_timeout=io_timeout,
+                        io_timeout=io_timeout)
+        auth = _RecordingAuthenticator(_certificate_policy(pem) if pem is not None else None, self._stats)
+        self._site = Site(evidence=self._evidence, auth=auth, upstream=self._upstream.address, limits=limits)
+        self._agent = Agent(evidence.identity, self._site, host=host, port=port)
+        self._address = self._agent.address  # still known once stopped
+        recording = type("_Recording", (_RecordingSocket,), {"stats": self._stats})
+        contexts = [self._agent.context]
         if Fault.SWITCH_CERTIFICATE in self.faults:
-            identities.append(TlsIdentity.generate())
-        self._server = _TlsServer(
-            (host, port), app=app or _echo_app, source=evidence, faults=self.faults,
-            identities=identities, other_identity=TlsIdentity.generate(),
-            slow_seconds=slow_seconds, io_timeout=io_timeout, redirect_target=redirect_target,
-            client_certificates=(client_certificates.decode("ascii")
-                                 if isinstance(client_certificates, bytes) else client_certificates),
-        )
+            contexts.append(TlsIdentity.generate().server_context())
+            contexts[1].minimum_version = contexts[0].minimum_version
+        handshakes = iter(range(1 << 62))
+
+        def choose(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, context: ssl.SSLContext) -> None:
+            # SWITCH_CERTIFICATE: the first connection shows the attested key, later ones another.
+            if next(handshakes) > 0 and len(contexts) > 1:
+                sock.context = contexts[1]
+
+        for context in contexts:
+            context.sslsocket_class = recording
+        if len(contexts) > 1:
+            self._agent.context.sni_callback = choose
         self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host!s}:{port}"
+        host, port = self._address
+        return f"{host}:{port}"
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._address[1]
 
     @property
     def url(self) -> str:
@@ -429,45 +354,47 @@ class EnclaveServer:
     @property
     def received(self) -> list[RecordedRequest]:
         """Every request received except evidence requests."""
-        with self._server.stats.lock:
-            return [r for r in self._server.stats.requests if not r.path.startswith(EVIDENCE_PATH)]
+        with self._stats.lock:
+            return [r for r in self._stats.requests if not r.path.startswith(EVIDENCE_PATH)]
 
     @property
     def evidence_requests(self) -> list[RecordedRequest]:
-        with self._server.stats.lock:
-            return [r for r in self._server.stats.requests if r.path.startswith(EVIDENCE_PATH)]
+        with self._stats.lock:
+            return [r for r in self._stats.requests if r.path.startswith(EVIDENCE_PATH)]
 
     @property
     def client_certificates(self) -> list[tuple[int, bytes]]:
         """(connection number, DER certificate) for each client certificate received."""
-        with self._server.stats.lock:
-            return list(self._server.stats.client_certificates)
+        with self._stats.lock:
+            return list(self._stats.client_certificates)
 
     @property
     def connections(self) -> int:
-        with self._server.stats.lock:
-            return self._server.stats.connections
+        with self._stats.lock:
+            return self._stats.connections
 
     def raw_bytes_received(self) -> bytes:
         """Every byte received on every connection so far (decrypted), concatenated."""
-        with self._server.stats.lock:
-            return b"".join(bytes(raw) for raw in self._server.stats.raw)
+        with self._stats.lock:
+            return b"".join(bytes(raw) for raw in self._stats.raw)
 
     def start(self) -> EnclaveServer:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                name=f"blindbox-enclave-{self.port}", daemon=True,
-            )
+            self._upstream.start()
+            self._thread = threading.Thread(target=self._agent.serve_forever,
+                                            name=f"blindbox-enclave-{self.port}", daemon=True)
             self._thread.start()
         return self
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._server.shutdown()
+            self._agent.stop(grace=0.5)
             self._thread.join(timeout=5)
             self._thread = None
-        self._server.server_close()
+        else:
+            self._agent.close()
+        self._upstream.stop()
+        self._site.pool.close()
 
     def __enter__(self) -> EnclaveServer:
         return self.start()
@@ -478,7 +405,10 @@ class EnclaveServer:
 
     def serve_forever(self) -> None:
         """Serve in the calling thread until interrupted (for the CLI)."""
+        self._upstream.start()
         try:
-            self._server.serve_forever(poll_interval=0.2)
+            self._agent.serve_forever()
         finally:
-            self._server.server_close()
+            self._agent.stop(grace=0.5)
+            self._upstream.stop()
+            self._site.pool.close()
