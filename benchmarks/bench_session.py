@@ -31,9 +31,10 @@ Both sessions keep requests' defaults (``trust_env`` on; ``REQUESTS_CA_BUNDLE``
 and ``CURL_CA_BUNDLE`` are removed from this process's environment, since
 requests would let them replace the plain client's ``verify=``).
 
-The fixture server sets TCP_NODELAY on its sockets: without it, Nagle's
-algorithm on the server's two writes (headers, body) meets the client's delayed
-ACK and every response takes about 40 ms for both clients alike.
+The server is the enclave agent (``EnclaveServer`` runs on ``blindbox serve``'s
+``Agent``), which sets TCP_NODELAY on its sockets: without it, Nagle's algorithm
+meets the client's delayed ACK and every response takes about 40 ms for both
+clients alike.
 """
 
 from __future__ import annotations
