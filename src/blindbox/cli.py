@@ -25,7 +25,7 @@ import requests
 
 from blindbox import __version__
 from blindbox._argtypes import parse_at
-from blindbox._text import shown
+from blindbox._text import redact_url, shown
 from blindbox.errors import (
     AttestationError,
     ConfigurationError,
@@ -395,7 +395,6 @@ def _attest_live(origin: Origin, attestor: Attestor, seen: _Seen, timeout: float
     from requests.utils import select_proxy
 
     from blindbox.requests.adapter import AttestedAdapter
-    from blindbox.requests.origin import redact
 
     environment = requests.Session()
     environment.trust_env = use_proxy_env
@@ -412,7 +411,7 @@ def _attest_live(origin: Origin, attestor: Attestor, seen: _Seen, timeout: float
         raise
     except requests.RequestException as exc:
         proxy = select_proxy(origin.url, settings["proxies"])
-        via = f" through the proxy {redact(proxy)}" if proxy else ""  # never its credentials
+        via = f" through the proxy {redact_url(proxy)}" if proxy else ""  # never its credentials
         raise VerificationIncompleteError(
             f"cannot attest {origin.url}{via}: {type(exc).__name__}: {_network_reason(exc)}"
         ) from exc

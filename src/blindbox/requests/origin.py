@@ -15,12 +15,12 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 import idna
 
-from blindbox._text import redact_url as redact
+from blindbox._text import redact_url
 from blindbox.errors import ConfigurationError, OriginRefusedError
 
 HTTPS_PORT = 443
 
-__all__ = ["HTTPS_PORT", "Origin", "redact"]
+__all__ = ["HTTPS_PORT", "Origin"]
 
 
 def _split(url: str) -> tuple[SplitResult, int]:
@@ -104,16 +104,16 @@ class Origin:
         try:
             parts, port = _split(url)
         except ValueError as exc:
-            raise OriginRefusedError(f"url: invalid port in {redact(url)} ({exc})") from None
+            raise OriginRefusedError(f"url: invalid port in {redact_url(url)} ({exc})") from None
         if parts.scheme.lower() != "https" or not parts.hostname:
             raise OriginRefusedError(
-                f"url: expected an absolute https:// URL, found {redact(url)}; BlindBox never sends "
+                f"url: expected an absolute https:// URL, found {redact_url(url)}; BlindBox never sends "
                 "data over plain HTTP or to a relative target"
             )
         try:
             host = _ascii_host(parts.hostname)
         except ValueError as exc:
-            raise OriginRefusedError(f"url: {exc} in {redact(url)}") from None
+            raise OriginRefusedError(f"url: {exc} in {redact_url(url)}") from None
         return cls(host=host, port=port)
 
     @functools.cached_property
@@ -151,11 +151,11 @@ class Origin:
             parts, port = _split(text)
         except ValueError:
             raise OriginRefusedError(
-                f"url: invalid port in {redact(text)}; only {self.url} is attested; nothing was sent"
+                f"url: invalid port in {redact_url(text)}; only {self.url} is attested; nothing was sent"
             ) from None
         if parts.scheme.lower() != "https":
             raise OriginRefusedError(
-                f"url: expected https:// on the attested origin {self.url}, found {redact(text)}; "
+                f"url: expected https:// on the attested origin {self.url}, found {redact_url(text)}; "
                 "nothing was sent"
             )
         try:
@@ -164,6 +164,6 @@ class Origin:
             host = ""  # not a valid name: never this origin
         if host.rstrip(".") != self.host.rstrip(".") or port != self.port:
             raise OriginRefusedError(
-                f"url: expected the attested origin {self.url}, found {redact(text)}; nothing was sent"
+                f"url: expected the attested origin {self.url}, found {redact_url(text)}; nothing was sent"
             )
 

@@ -15,6 +15,7 @@ from requests.models import PreparedRequest, Request, Response
 from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
+from blindbox._text import redact_url
 from blindbox.attest.manifest import Manifest
 from blindbox.attest.verifier import Attestation
 from blindbox.errors import ConfigurationError, OriginRefusedError
@@ -30,7 +31,7 @@ from blindbox.requests.config import (
     build_roots,
     check_timeout,
 )
-from blindbox.requests.origin import Origin, redact
+from blindbox.requests.origin import Origin
 from blindbox.snp.verify import KdsSource
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ class SecureSession(requests.Session):
         adapter = super().get_adapter(url)
         if not isinstance(adapter, AttestedAdapter) or adapter.attestor is not self._attestor:
             raise ConfigurationError(
-                f"the adapter for {redact(url)} is not this SecureSession's attested adapter; "
+                f"the adapter for {redact_url(url)} is not this SecureSession's attested adapter; "
                 "SecureSession sends only over attested connections"
             )
         return adapter
