@@ -218,7 +218,7 @@ def test_the_key_is_not_in_repr_and_its_memory_file_is_closed_at_once() -> None:
 
 def test_certificates_fetched_from_kds_once_are_served_when_the_host_attaches_none(tmp_path: Path) -> None:
     from blindbox._serve_cli import kds_certificates
-    from blindbox.server.evidence import pem_certificate
+    from blindbox.snp.certificate import pem_encode
 
     bare = SimulatedBackend.create(DEMO_MEASUREMENT, certificates=False)
     table = BACKEND.get_report(bytes(64)).certificates  # what AMD KDS would serve for this chip
@@ -226,7 +226,7 @@ def test_certificates_fetched_from_kds_once_are_served_when_the_host_attaches_no
     with responses.RequestsMock() as mock:
         mock.get(vcek_url(Product.MILAN, report.chip_id, report.reported_tcb), body=table["vcek"])
         mock.get(cert_chain_url(Product.MILAN),
-                 body=pem_certificate(table["ask"]) + pem_certificate(table["ark"]))
+                 body=pem_encode(table["ask"]) + pem_encode(table["ark"]))
         fetched = kds_certificates("milan", bare, KdsClient(cache_dir=tmp_path))
         assert len(mock.calls) == 2
     assert set(fetched) == {"vcek", "ask", "ark"}

@@ -133,7 +133,8 @@ def kds_certificates(product: str, backend: ReportBackend, kds: KdsClient) -> di
 
     Fetched once, at start; a backend whose table has certificates needs none (empty result).
     """
-    from blindbox.server.evidence import certificates_pem, pem_certificate
+    from blindbox.server.evidence import certificates_pem
+    from blindbox.snp.certificate import pem_encode
     from blindbox.snp.product import Product
     from blindbox.snp.report import AttestationReport
 
@@ -147,7 +148,7 @@ def kds_certificates(product: str, backend: ReportBackend, kds: KdsClient) -> di
     chosen = Product[product.upper()]
     vcek = kds.vcek(chosen, report.chip_id, report.reported_tcb)
     ask, ark = kds.cert_chain(chosen, report.signing_key)
-    return {name: pem_certificate(cert.der) for name, cert in (("vcek", vcek), ("ask", ask), ("ark", ark))}
+    return {name: pem_encode(cert.der) for name, cert in (("vcek", vcek), ("ask", ask), ("ark", ark))}
 
 
 def run_serve(args: argparse.Namespace) -> int:

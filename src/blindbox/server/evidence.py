@@ -18,13 +18,11 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from blindbox.attest.binding import expected_report_data
 from blindbox.attest.evidence import Evidence, decode_nonce
 from blindbox.server.backends.base import RawEvidence, ReportBackend
 from blindbox.server.framing import Refusal
+from blindbox.snp.certificate import pem_encode
 
 
 class EvidenceBusy(Exception):
@@ -35,14 +33,9 @@ class EvidenceBusy(Exception):
         self.retry_after = retry_after
 
 
-def pem_certificate(der: bytes) -> str:
-    """One DER certificate as the PEM string protocol v1 serves."""
-    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
 def certificates_pem(raw: RawEvidence) -> dict[str, str]:
     """The known certificates of a backend's certificate table, as PEM strings by name."""
-    return {name: pem_certificate(der) for name, der in raw.certificates.items()}
+    return {name: pem_encode(der) for name, der in raw.certificates.items()}
 
 
 def parse_nonce_query(query: str) -> bytes | None:

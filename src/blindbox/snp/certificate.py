@@ -209,6 +209,15 @@ def load_all(data: bytes | str) -> list[AmdCertificate]:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def pem_encode(der: bytes) -> str:
+    """A DER certificate as PEM (64-character lines), unparsed; memoised, as the same certificates
+    are served with every evidence document."""
+    body = base64.b64encode(der).decode("ascii")
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
+
+
 def _pem_blocks(blob: bytes) -> list[bytes]:
     """The text between each BEGIN CERTIFICATE line and the END line that follows it."""
     blocks = []

@@ -9,11 +9,12 @@ from blindbox.attest.binding import expected_report_data
 from blindbox.attest.evidence import Evidence
 from blindbox.attest.policy import parse_measurement
 from blindbox.server.tls import TlsIdentity
+from blindbox.snp.certificate import pem_encode
 from blindbox.snp.guest_policy import GuestPolicy
 from blindbox.snp.product import Product
 from blindbox.snp.report import SigningKey
 from blindbox.testing.fixture import RecordedEvidence
-from blindbox.testing.platform import SoftwarePlatform, pem
+from blindbox.testing.platform import SoftwarePlatform
 from blindbox.testing.report import DEFAULT_POLICY, ReportFields
 from blindbox.testing.server import Fault
 
@@ -93,7 +94,7 @@ class LiveEvidence:
         if Fault.OTHER_MEASUREMENT in faults:
             fields = replace(fields, measurement=hashlib.sha384(b"other code" + fields.measurement).digest())
         signed = self.platform.sign(fields)
-        certificates = {name: pem(der) for name, der in signed.certificates.items()}
+        certificates = {name: pem_encode(der) for name, der in signed.certificates.items()}
         return Evidence(report=signed.raw, certificates=certificates, policy=self.policy)
 
     def record(self) -> RecordedEvidence:

@@ -16,9 +16,7 @@ module.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -30,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from blindbox.snp import der
-from blindbox.snp.certificate import AmdCertificate
+from blindbox.snp.certificate import AmdCertificate, pem_encode
 from blindbox.snp.certtable import encode_cert_table
 from blindbox.snp.product import Product
 from blindbox.snp.report import REPORT_SIZE, SIGNED_LENGTH, SigningKey
@@ -70,13 +68,6 @@ class SignedReport:
         """These certificates as a GHCB extended-report certificate table."""
         return encode_cert_table(self.certificates, mixed_endian=mixed_endian)
 
-
-@functools.lru_cache(maxsize=256)
-def pem(der: bytes) -> str:
-    """A DER certificate as PEM (memoised: the same certificates are served again and again)."""
-    body = base64.b64encode(der).decode("ascii")
-    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
-    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
 
 
 def _seq(*parts: bytes) -> bytes:
@@ -168,7 +159,7 @@ class SoftwarePlatform:
         """
         notice = "".join(f"# {line}\n" for line in self.hierarchy.notice.splitlines())
         return notice + "".join(
-            pem(self.ca_der(product, role))
+            pem_encode(self.ca_der(product, role))
             for product in (products or tuple(Product))
             for role in ("ark", "ask", "asvk")
         )
